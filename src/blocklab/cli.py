@@ -1,0 +1,76 @@
+"""The ``blocklab`` command.
+
+Each subcommand lives in its own module, which provides
+``configure_parser(parser)`` and ``run_command(args) -> int``. This file only
+dispatches, prints errors and sets exit codes: a mistake a user can make
+(``UsageError``, ``ValueError``, a missing file) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from blocklab import __version__
+from blocklab.errors import UsageError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("blocklab.train", "train a model on text and save a run directory"),
+    "eval": ("blocklab.evaluate", "validation perplexity of a run at several context lengths"),
+    "generate": ("blocklab.generate_cli", "sample text from a trained run"),
+    "compare": ("blocklab.compare", "train variants side by side and write a report"),
+    "check": ("blocklab.claims", "measure the textbook claims about these parts"),
+    "inspect": ("blocklab.hf_cli", "describe a Hugging Face checkpoint in blocklab terms"),
+    "bench": ("blocklab.bench", "time blocklab parts against reference implementations"),
+    "demo": ("blocklab.demo", "build every variant and run a forward pass"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, without the usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="blocklab", description="Transformer parts: build, train, compare and measure them.")
+    parser.add_argument("--version", action="version", version=f"blocklab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        command = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        module.configure_parser(command)
+        command.set_defaults(run=module.run_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"blocklab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"blocklab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Key/value cache for incremental decoding.
+
+The cache stores, per layer, keys and values (B, K, S, D) in preallocated
+buffers that grow by doubling, plus what every layer shares: the real-token
+mask of the keys and their positions (B, S). Score biases and the next
+positions are computed from those, so a left-padded batch decodes exactly as
+each sequence would alone.
+
+Shapes: B batch, K key/value heads, S cached length, T new tokens, D head width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer keys and values plus the shared key mask and positions.
+
+    Args:
+        num_layers: number of attention layers that will write to the cache.
+    """
+
+    def __init__(self, *, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.key_mask: torch.Tensor | None = None  # (B, S) bool, True for real tokens
+        self.key_positions: torch.Tensor | None = None  # (B, S) long
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def next_positions(self) -> torch.Tensor | None:
+        """Position of the next real token of each sequence (B,), or None when empty."""
+        if self.key_mask is None:
+            return None
+        return self.key_mask.long().sum(-1)
+
+    def append_tokens(self, mask: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record T new tokens and return the full key mask and positions (B, S + T).
+
+        Call once per model forward, before the layers write their keys.
+        """
+        mask = mask.bool()
+        if self.key_mask is None:
+            self.key_mask, self.key_positions = mask, positions.long()
+        else:
+            if mask.shape[0] != self.key_mask.shape[0]:
+                raise ValueError(
+                    f"KVCache: batch size {mask.shape[0]} does not match the cached batch "
+                    f"size {self.key_mask.shape[0]}; continue with the same batch"
+                )
+            self.key_mask = torch.cat((self.key_mask, mask), dim=1)
+            self.key_positions = torch.cat((self.key_positions, positions.long()), dim=1)
+        self.length = self.key_mask.shape[1]
+        return self.key_mask, self.key_positions
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values (B, K, T, D) of ``layer``; return all (B, K, S, D).
+
+        ``append_tokens`` must have been called for these T tokens first.
+        """
+        new = key.shape[2]
+        end = self.length
+        start = end - new
+        buffer_k = self.keys[layer]
+        if buffer_k is None or buffer_k.shape[2] < end:
+            capacity = max(end, 2 * (0 if buffer_k is None else buffer_k.shape[2]), 16)
+            shape = (key.shape[0], key.shape[1], capacity, key.shape[3])
+            grown_k = key.new_empty(shape)
+            grown_v = value.new_empty(shape[:3] + (value.shape[3],))
+            if buffer_k is not None and start > 0:
+                grown_k[:, :, :start] = buffer_k[:, :, :start]
+                grown_v[:, :, :start] = self.values[layer][:, :, :start]
+            self.keys[layer], self.values[layer] = grown_k, grown_v
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
