@@ -25,7 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("blocklab.claims", "measure the textbook claims about these parts"),
     "inspect": ("blocklab.hf_cli", "describe a Hugging Face checkpoint in blocklab terms"),
     "bench": ("blocklab.bench", "time blocklab parts against reference implementations"),
-    "demo": ("blocklab.demo", "build every variant and run a forward pass"),
 }
 
 
