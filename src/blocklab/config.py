@@ -208,6 +208,9 @@ class ModelConfig:
         out_bias: bias on the attention output projection.
         ffn_bias: biases on the FFN projections.
         attn_scale: score scale; None means 1 / sqrt(D). T5 uses 1.0.
+        sliding_window: a causal query attends to at most this many keys,
+            itself and the ones just before it (Mistral). None attends to every
+            earlier key.
         embed_norm: a norm right after the embeddings (BERT, BLOOM).
         final_norm: a norm after the last block; None means True unless
             the residual is post-norm, whose blocks already end in a norm.
@@ -249,6 +252,7 @@ class ModelConfig:
     out_bias: bool = False
     ffn_bias: bool = False
     attn_scale: float | None = None
+    sliding_window: int | None = None
     embed_norm: bool = False
     final_norm: bool | None = None
     scale_embeddings: bool = False
@@ -299,14 +303,18 @@ class ModelConfig:
                 _check_bool(owner, name, getattr(self, name))
 
         _check_float(owner, "norm_eps", self.norm_eps, 0.0)
-        _check_float(owner, "dropout", self.dropout, 0.0, 1.0, low_inclusive=True)
-        _check_float(owner, "attn_dropout", self.attn_dropout, 0.0, 1.0, low_inclusive=True)
-        if self.dropout == 1.0 or self.attn_dropout == 1.0:
-            name = "dropout" if self.dropout == 1.0 else "attn_dropout"
-            _fail(owner, name, 1.0, "a probability in [0, 1)")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and 0.0 <= value < 1.0):
+                _fail(owner, name, value, "a probability in [0, 1)")
         _check_float(owner, "init_std", self.init_std, 0.0)
         if self.attn_scale is not None:
             _check_float(owner, "attn_scale", self.attn_scale, 0.0)
+        if self.sliding_window is not None:
+            _check_int(owner, "sliding_window", self.sliding_window, 1)
+            if not self.causal:
+                _fail(owner, "sliding_window", self.sliding_window, "None when causal=False")
 
         self._check_shapes()
 
@@ -330,6 +338,22 @@ class ModelConfig:
                     f"{owner}.head_dim: invalid value {self.dim_per_head}; RoPE needs an "
                     f"even rotary dimension of at least 2, and head_dim * "
                     f"rope.partial_fraction gives {rotary}"
+                )
+        if self.position == "t5":
+            # Mirrors blocklab.nn.bias.t5_bucket_problem; config.py imports nothing from nn/.
+            side = self.t5_num_buckets // 2 if not self.causal else self.t5_num_buckets
+            exact = side // 2
+            if exact < 1:
+                minimum = 2 if self.causal else 4
+                raise ValueError(
+                    f"{owner}.t5_num_buckets: invalid value {self.t5_num_buckets}; "
+                    f"expected at least {minimum} with causal={self.causal}"
+                )
+            if self.t5_max_distance <= exact:
+                raise ValueError(
+                    f"{owner}.t5_max_distance: invalid value {self.t5_max_distance}; expected "
+                    f"more than {exact}, the exact buckets per direction that "
+                    f"t5_num_buckets={self.t5_num_buckets} gives"
                 )
         if self.pooler and self.causal:
             raise ValueError(

@@ -61,7 +61,7 @@ def build_block(config: ModelConfig) -> TransformerBlock:
     attention = Attention(
         dim=config.d_model, num_heads=config.n_heads, num_kv_heads=config.kv_heads,
         head_dim=config.dim_per_head, qkv_bias=config.qkv_bias, out_bias=config.out_bias,
-        dropout=config.attn_dropout, scale=config.attn_scale,
+        dropout=config.attn_dropout, scale=config.attn_scale, sliding_window=config.sliding_window,
         rotary_interleaved=config.rope.interleaved,
     )
     feedforward = FeedForward(
@@ -221,12 +221,9 @@ class Transformer(nn.Module):
             position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
             if start is not None:
                 position_ids = position_ids + start[:, None]
-        if cache is not None:
-            key_mask, key_positions = cache.append_tokens(mask, position_ids)  # (B, S)
-        else:
-            key_mask, key_positions = mask, position_ids
-        any_padding = not bool(key_mask.all())
 
+        # Embeddings come before the cache grows, so that learned positions past
+        # the table raise while the cache is still unchanged.
         h = self.embed(input_ids)  # (B, T, C)
         if c.scale_embeddings:
             h = h * torch.tensor(math.sqrt(c.d_model), dtype=h.dtype)
@@ -239,6 +236,12 @@ class Transformer(nn.Module):
         if self.embed_norm is not None:
             h = self.embed_norm(h, mask)
         h = self.dropout(h)
+
+        if cache is not None:
+            key_mask, key_positions = cache.append_tokens(mask, position_ids)  # (B, S)
+        else:
+            key_mask, key_positions = mask, position_ids
+        any_padding = not bool(key_mask.all())
 
         bias = self.score_bias(position_ids, key_positions) if self.score_bias is not None else None
         rope = self.rotary(position_ids) if self.rotary is not None else None

@@ -26,17 +26,21 @@ from blocklab.nn.rotary import apply_rotary
 
 def visibility_mask(
     key_mask: torch.Tensor | None, query_length: int, key_length: int, causal: bool,
-    device: torch.device,
+    device: torch.device, sliding_window: int | None = None,
 ) -> torch.Tensor | None:
     """Return which keys each query may see, (B or 1, 1, T, S) bool, or None for all.
 
     With a cache the causal mask is aligned to the end: query i of T sees keys
-    up to S - T + i.
+    up to S - T + i. A causal ``sliding_window`` W also hides keys j with
+    S - T + i - j >= W, counted in cache columns as transformers' Mistral does.
     """
     visible = None
     if causal:
         query_index = torch.arange(query_length, device=device)[:, None] + (key_length - query_length)
-        visible = torch.arange(key_length, device=device)[None, :] <= query_index  # (T, S)
+        key_index = torch.arange(key_length, device=device)[None, :]
+        visible = key_index <= query_index  # (T, S)
+        if sliding_window is not None:
+            visible = visible & (key_index > query_index - sliding_window)
         visible = visible[None, None]  # (1, 1, T, S)
     if key_mask is not None:
         padding = key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
@@ -60,6 +64,8 @@ class Attention(nn.Module):
         dropout: dropout on attention probabilities (training only).
         scale: score scale (defaults to 1 / sqrt(D)).
         rotary_interleaved: RoPE pair layout used when ``rope`` is passed.
+        sliding_window: in causal attention, each query attends to at most this
+            many keys, itself and the ones just before it. None attends to every earlier key.
 
     Raises:
         ValueError: when H is not a multiple of K or C / H is fractional.
@@ -69,6 +75,7 @@ class Attention(nn.Module):
         self, *, dim: int, num_heads: int, num_kv_heads: int | None = None,
         head_dim: int | None = None, qkv_bias: bool = False, out_bias: bool = False,
         dropout: float = 0.0, scale: float | None = None, rotary_interleaved: bool = False,
+        sliding_window: int | None = None,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -90,6 +97,7 @@ class Attention(nn.Module):
         self.scale = scale
         self.dropout = dropout
         self.rotary_interleaved = rotary_interleaved
+        self.sliding_window = sliding_window
         self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=qkv_bias)
         self.out = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
 
@@ -146,17 +154,21 @@ class Attention(nn.Module):
         gqa = self.num_kv_heads != self.num_heads
         if key_mask is not None and bool(key_mask.all()):
             key_mask = None
-        if causal and length == 1:
+        # The window only hides keys once there are more keys than it spans.
+        window = self.sliding_window if causal else None
+        if window is not None and key_length <= window:
+            window = None
+        if causal and length == 1 and window is None:
             causal = False  # a single query aligned to the end sees every key
 
         # Fast path: nothing but plain causal or full attention.
-        if bias is None and key_mask is None and (not causal or length == key_length):
+        if bias is None and key_mask is None and window is None and (not causal or length == key_length):
             return F.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout, is_causal=causal and length > 1, scale=self.scale,
                 enable_gqa=gqa,
             )
 
-        visible = visibility_mask(key_mask, length, key_length, causal, q.device)
+        visible = visibility_mask(key_mask, length, key_length, causal, q.device, window)
         empty_rows = None
         if visible is not None:
             has_key = visible.any(-1, keepdim=True)  # (B or 1, 1, T, 1)
