@@ -10,18 +10,25 @@ Shapes: B batch, T prompt length, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    if max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: invalid value {max_new_tokens}; expected an integer >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature: invalid value {temperature}; expected a number >= 0 (0 is greedy)")
-    if top_k is not None and top_k < 1:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(
+            f"temperature: invalid value {temperature}; expected a finite number >= 0 (0 is greedy)"
+        )
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k: invalid value {top_k}; expected an integer >= 1")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p: invalid value {top_p}; expected a number in (0, 1]")

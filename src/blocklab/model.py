@@ -127,7 +127,10 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise weights: normal(0, init_std) for matrices, zeros for biases.
+        """Initialise every weight from normal(0, init_std) and linear biases to zero.
+
+        Matrices, embeddings, learned position tables and learned score biases
+        all draw from the same normal.
 
         The output projections of attention and FFN are scaled by
         1 / sqrt(2 * n_layers), as GPT-2 does, so the residual stream's variance
@@ -139,7 +142,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, LearnedPositionalEmbedding):
+            elif isinstance(module, (LearnedPositionalEmbedding, RelativePositionBias, T5RelativePositionBias)):
+                # Learned biases start small and random, as T5 initialises its
+                # bias embedding, so a model sees order from the first step.
                 nn.init.normal_(module.weight, std=std)
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:

@@ -162,7 +162,10 @@ class Attention(nn.Module):
             causal = False  # a single query aligned to the end sees every key
 
         # Fast path: nothing but plain causal or full attention.
+        one_query = length == 1 and dropout == 0.0
         if bias is None and key_mask is None and window is None and (not causal or length == key_length):
+            if one_query:
+                return self._attend_one_query(q, k, v, None)
             return F.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout, is_causal=causal and length > 1, scale=self.scale,
                 enable_gqa=gqa,
@@ -186,12 +189,35 @@ class Attention(nn.Module):
                 mask = base
             else:
                 mask = torch.where(visible, base, torch.finfo(mask_dtype).min)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale, enable_gqa=gqa,
-            )
+            if one_query:
+                out = self._attend_one_query(q, k, v, mask)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale, enable_gqa=gqa,
+                )
         if empty_rows is not None:
             out = out.masked_fill(empty_rows, 0.0)
         return out
+
+    def _attend_one_query(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attend from one query per sequence, as each decoding step does.
+
+        PyTorch's fused CPU attention kernel costs far more than these few
+        small products for a single query. The query heads that share a
+        key/value head form the rows of one product, so keys and values are
+        never repeated. ``mask`` is additive, broadcastable to (B, H, 1, S).
+        """
+        batch, heads, _, head_dim = q.shape
+        kv_heads, key_length = k.shape[1], k.shape[2]
+        scale = self.scale if self.scale is not None else head_dim**-0.5
+        grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # (B, K, H/K, D)
+        scores = torch.matmul(grouped, k.transpose(-1, -2)).view(batch, heads, 1, key_length)
+        scores = scores * scale if mask is None else scores * scale + mask  # (B, H, 1, S)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        out = torch.matmul(probs.view(batch, kv_heads, -1, key_length), v)  # (B, K, H/K, D)
+        return out.view(batch, heads, 1, head_dim)
 
     def _attend_float32(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None,

@@ -16,6 +16,27 @@ import torch
 from torch import nn
 
 
+def t5_bucket_problem(bidirectional: bool, num_buckets: int, max_distance: int) -> str | None:
+    """Return why these T5 bucket settings cannot work, or None when they can.
+
+    Each direction needs at least one exact bucket (num_buckets // 2 of a
+    side), and max_distance must exceed that exact range, because the log
+    buckets divide by log(max_distance / exact).
+    """
+    side = num_buckets // 2 if bidirectional else num_buckets
+    exact = side // 2
+    if exact < 1:
+        minimum = 4 if bidirectional else 2
+        kind = "bidirectional" if bidirectional else "causal"
+        return f"{kind} buckets need num_buckets >= {minimum}"
+    if max_distance <= exact:
+        return (
+            f"max_distance must exceed the {exact} exact buckets that "
+            f"num_buckets={num_buckets} gives each direction"
+        )
+    return None
+
+
 def _offsets(query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
     """Return i - j for every query position i and key position j, as (B, T, S)."""
     return query_positions[:, :, None].long() - key_positions[:, None, :].long()
@@ -61,6 +82,10 @@ class T5RelativePositionBias(nn.Module):
             the query) or causal buckets (only keys at or before the query).
         num_buckets: total buckets (32 in T5).
         max_distance: distance at which buckets stop growing (128 in T5).
+
+    Raises:
+        ValueError: when a direction gets no exact bucket or max_distance does
+            not exceed the exact range.
     """
 
     def __init__(
@@ -68,6 +93,12 @@ class T5RelativePositionBias(nn.Module):
         max_distance: int = 128,
     ) -> None:
         super().__init__()
+        problem = t5_bucket_problem(bidirectional, num_buckets, max_distance)
+        if problem is not None:
+            raise ValueError(
+                f"T5RelativePositionBias: invalid num_buckets={num_buckets}, "
+                f"max_distance={max_distance}; {problem}"
+            )
         self.num_heads = num_heads
         self.bidirectional = bidirectional
         self.num_buckets = num_buckets

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from blocklab.config import FFNS, GATED_ACTIVATIONS
@@ -32,6 +33,58 @@ ACTIVATIONS = {
     "geglu_tanh": _gelu_tanh,
     "reglu": F.relu,
 }
+
+
+def _silu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.silu_backward(grad, x)
+
+
+def _gelu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad, x)
+
+
+def _gelu_tanh_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+
+
+def _relu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.threshold_backward(grad, x, 0)
+
+
+# The gradient of each gated activation with respect to its input, given the
+# output gradient and the input (the same kernels autograd runs).
+GATED_BACKWARDS = {
+    "swiglu": _silu_backward,
+    "geglu": _gelu_backward,
+    "geglu_tanh": _gelu_tanh_backward,
+    "reglu": _relu_backward,
+}
+
+
+class _GatedActivationFunction(torch.autograd.Function):
+    """act(gate) * up that saves only gate and up, (..., F) each.
+
+    Autograd would also keep act(gate), a third (..., F) tensor per layer; the
+    backward recomputes it instead. Gradients are the ones autograd computes:
+    act'(gate) (dy * up) for gate and dy * act(gate) for up.
+    """
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        ctx.activation = activation
+        return ACTIVATIONS[activation](gate).mul_(up)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        gate, up = ctx.saved_tensors
+        grad_gate = grad_up = None
+        if ctx.needs_input_grad[0]:
+            grad_gate = GATED_BACKWARDS[ctx.activation](grad * up, gate)
+        if ctx.needs_input_grad[1]:
+            grad_up = ACTIVATIONS[ctx.activation](gate).mul_(grad)
+        return grad_gate, grad_up, None
 
 
 class FeedForward(nn.Module):
@@ -69,7 +122,11 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, T, C) to (B, T, C)."""
         if self.gated:
-            hidden = self.act(self.gate(x)) * self.up(x)  # (B, T, F)
+            gate, up = self.gate(x), self.up(x)  # (B, T, F) each
+            if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+                hidden = _GatedActivationFunction.apply(gate, up, self.activation)
+            else:
+                hidden = self.act(gate).mul_(up)
         else:
             hidden = self.act(self.up(x))  # (B, T, F)
         return self.down(self.dropout(hidden))

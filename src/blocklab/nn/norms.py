@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -39,6 +40,49 @@ class LayerNorm(nn.Module):
         bias = None if self.bias is None else self.bias.float()
         out = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), bias, self.eps)
         return out.to(x.dtype)
+
+
+def _rms_norm_float32(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return RMSNorm(x) * gain and rstd (..., 1) for float32 x and gain."""
+    # mean(x^2) as ||x||^2 / C: one reduction kernel instead of pow and mean.
+    rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
+    rstd = rstd.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return (x * rstd).mul_(gain), rstd
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm y = x * rstd * g of float32 x and g, with a fused backward.
+
+    The forward saves only x and the per-row rstd = 1 / sqrt(mean(x^2) + eps).
+    The backward runs PyTorch's fused LayerNorm backward kernel with a zero
+    mean. That kernel returns the gain gradient sum(dy * x * rstd), which is
+    RMSNorm's too, and the input gradient rstd * (dy g - mean(dy g) - xhat
+    mean(dy g xhat)). RMSNorm's input gradient lacks the -mean(dy g) term,
+    because its statistic has no mean, so rstd * mean(dy g) is added back.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+        out, rstd = _rms_norm_float32(x, gain, eps)
+        ctx.save_for_backward(x, gain, rstd)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, gain, rstd = ctx.saved_tensors
+        width = x.shape[-1]
+        need_x, need_gain = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad = grad.contiguous()
+        grad_x, grad_gain, _ = torch.ops.aten.native_layer_norm_backward(
+            grad, x, [width], torch.zeros_like(rstd), rstd, gain, None, [need_x, need_gain, False],
+        )
+        if need_x:
+            mean_grad_gain = (grad.reshape(-1, width) @ gain).view(rstd.shape) / width  # (..., 1)
+            # Multiplying the two (..., 1) columns first is much faster than
+            # addcmul_, which broadcasts both over the full width.
+            grad_x.add_(mean_grad_gain.mul_(rstd))
+        return grad_x, grad_gain, None
 
 
 class RMSNorm(nn.Module):
@@ -77,9 +121,16 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
+        gain = 1.0 + self.weight.float() if self.unit_offset else self.weight
+        if dtype == torch.float32 and gain.dtype == torch.float32 and x.numel():
+            # In float32 both cast orders are the same computation.
+            if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
+                out = _RMSNormFunction.apply(x, gain, self.eps)
+            else:
+                out = _rms_norm_float32(x, gain, self.eps)[0]  # skips the autograd.Function overhead
+            return out if self.bias is None else out + self.bias
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        gain = 1.0 + self.weight.float() if self.unit_offset else self.weight
         if self.cast == "scale_then_cast":
             out = normed * gain.float()
             if self.bias is not None:
@@ -95,7 +146,8 @@ class BatchNorm(nn.Module):
     """Batch normalization over tokens (Ioffe & Szegedy 2015) that ignores padding.
 
     Training statistics are the mean and variance of each channel over the real
-    tokens of the batch only, so the amount of padding changes nothing. Running
+    tokens of the batch only, so the amount of padding changes nothing, and
+    padding positions of the output are zero whenever a mask is given. Running
     statistics (momentum as in ``torch.nn.BatchNorm1d``) serve in eval mode.
 
     Args:
@@ -136,6 +188,10 @@ class BatchNorm(nn.Module):
         else:
             mean, var = self.running_mean.float(), self.running_var.float()
         out = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight.float() + self.bias.float()
+        if mask is not None:
+            # Real-token statistics can scale padding by up to 1/sqrt(eps) per
+            # norm, and over many layers that reaches inf. Padding leaves as zeros.
+            out = out.masked_fill(~mask.bool()[..., None], 0.0)
         return out.to(dtype)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from blocklab.config import RopeScaling
 
@@ -40,6 +41,9 @@ def _linear(dim: int, theta: float, scaling: RopeScaling, seq_len: int) -> tuple
 def _ntk(dim: int, theta: float, scaling: RopeScaling, seq_len: int) -> tuple[torch.Tensor, float]:
     # NTK-aware: raise the base so the lowest frequency stretches by `factor`
     # while the highest stays put.
+    if dim == 2:
+        # The only frequency is theta^0 = 1 for every base, and d/(d-2) is undefined.
+        return inverse_frequencies(dim, theta), 1.0
     base = theta * scaling.factor ** (dim / (dim - 2))
     return inverse_frequencies(dim, base), 1.0
 
@@ -47,6 +51,10 @@ def _ntk(dim: int, theta: float, scaling: RopeScaling, seq_len: int) -> tuple[to
 def _dynamic(dim: int, theta: float, scaling: RopeScaling, seq_len: int) -> tuple[torch.Tensor, float]:
     # NTK base chosen from the current length; identical to plain RoPE up to
     # the trained length. Computed from seq_len on every call, so no state.
+    # NOTE: past the trained length this rescales even at factor 1 (the scale is
+    # then L / original), as transformers' "dynamic" does.
+    if dim == 2:
+        return inverse_frequencies(dim, theta), 1.0  # as in _ntk: one frequency, always 1
     original = scaling.original_max_position_embeddings
     length = max(seq_len, original)
     base = theta * ((scaling.factor * length / original) - (scaling.factor - 1)) ** (dim / (dim - 2))
@@ -119,6 +127,57 @@ SCALINGS: dict[str, ScalingFn] = {
 }
 
 
+def _pair_views(x: torch.Tensor, half: int, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return views of the two members of each rotated pair, (..., R/2) each."""
+    if interleaved:
+        return x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+    return x[..., :half], x[..., half:2 * half]
+
+
+def _rotate(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool,
+) -> torch.Tensor:
+    """Rotate float32 x (B, H, T, D) by the angles of cos, sin (B, T, R/2), or by their negatives.
+
+    Each half of the output is written in place, so no concatenated copies of
+    x or of cos and sin are made.
+    """
+    half = cos.shape[-1]
+    cos = cos[:, None]  # (B, 1, T, R/2)
+    sin = sin[:, None]
+    sign = -1.0 if inverse else 1.0
+    out = torch.empty_like(x)
+    first, second = _pair_views(x, half, interleaved)
+    out_first, out_second = _pair_views(out, half, interleaved)
+    torch.mul(first, cos, out=out_first)
+    out_first.addcmul_(second, sin, value=-sign)  # first cos - second sin
+    torch.mul(second, cos, out=out_second)
+    out_second.addcmul_(first, sin, value=sign)  # second cos + first sin
+    if 2 * half < x.shape[-1]:
+        out[..., 2 * half:] = x[..., 2 * half:]
+    return out
+
+
+class _RotaryFunction(torch.autograd.Function):
+    """RoPE on float32 x; the backward applies the inverse rotation to the gradient.
+
+    A rotation is orthogonal, so the gradient of x is the output gradient
+    rotated back. Only cos and sin (B, T, R/2) are saved, never x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.interleaved = interleaved
+        return _rotate(x, cos, sin, interleaved, inverse=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, ctx.interleaved, inverse=True), None, None, None
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate the first R dimensions of ``x`` by the given angles.
 
@@ -132,6 +191,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """
     half = cos.shape[-1]
     rotary = 2 * half
+    plain_float32 = x.dtype == cos.dtype == sin.dtype == torch.float32
+    if plain_float32 and not (cos.requires_grad or sin.requires_grad):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _RotaryFunction.apply(x, cos, sin, interleaved)
+        return _rotate(x, cos, sin, interleaved, inverse=False)
     cos = cos[:, None]  # (B, 1, T, R/2)
     sin = sin[:, None]
     rotated_part = x[..., :rotary].float()
