@@ -1,0 +1,177 @@
+"""End-to-end tests of ``blocklab compare``: the quick study, resumption and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from blocklab import cli
+from blocklab.compare import DEFAULT_VALUES, build_plan, parse_vary
+from blocklab.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "positions"
+    code = cli.main(["compare", str(out), "--quick", "--no-progress"])
+    return code, out
+
+
+@pytest.mark.slow
+def test_quick_study_exit_code(quick_study):
+    code, _ = quick_study
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_quick_study_files_exist(quick_study):
+    _, out = quick_study
+    for name in ("report.md", "results.json", "study.json", "loss_vs_steps.png",
+                 "perplexity_vs_length.png", "throughput_memory.png"):
+        assert (out / name).is_file(), name
+        assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_quick_study_results_match_runs(quick_study):
+    _, out = quick_study
+    results = json.loads((out / "results.json").read_text())
+    labels = [variant["label"] for variant in results["variants"]]
+    assert labels == list(DEFAULT_VALUES)
+    for variant in results["variants"]:
+        arm = json.loads((out / "runs" / f"{variant['label']}-seed0" / "result.json").read_text())
+        # The aggregated numbers are the arm's measured numbers (one seed).
+        assert variant["final_val_loss"] == arm["final_val_loss"]
+        assert math.isfinite(variant["final_val_loss"])
+        assert variant["tokens_per_s"] == arm["tokens_per_s"]
+        assert variant["tokens_per_s"] > 0
+        assert variant["peak_memory_mb"] >= arm["baseline_memory_mb"]
+        assert variant["num_parameters"] == arm["num_parameters"]
+
+
+@pytest.mark.slow
+def test_quick_study_learned_lengths_na(quick_study):
+    _, out = quick_study
+    results = json.loads((out / "results.json").read_text())
+    learned = next(v for v in results["variants"] if v["label"] == "learned")
+    assert learned["lengths"][0]["perplexity"] is not None
+    assert all(entry["perplexity"] is None for entry in learned["lengths"][1:])
+    assert "learned positions stop at" in learned["lengths"][1]["note"]
+    rope = next(v for v in results["variants"] if v["label"] == "rope")
+    assert all(entry["perplexity"] is not None for entry in rope["lengths"])
+
+
+@pytest.mark.slow
+def test_quick_study_report_holds_numbers(quick_study):
+    _, out = quick_study
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    for variant in results["variants"]:
+        assert f"| {variant['label']} |" in report
+        assert f"{variant['final_val_loss']:.3f}" in report
+    assert "loss_vs_steps.png" in report
+    assert results["environment"]["torch"] in report
+
+
+@pytest.mark.slow
+def test_quick_study_rerun_skips_finished(quick_study, capsys):
+    _, out = quick_study
+    before = (out / "runs" / "rope-seed0" / "result.json").stat().st_mtime_ns
+    code = cli.main(["compare", str(out), "--quick", "--no-progress"])
+    assert code == 0
+    assert (out / "runs" / "rope-seed0" / "result.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_quick_study_generate_from_arm(quick_study, capsys):
+    _, out = quick_study
+    code = cli.main(["generate", str(out / "runs" / "rope-seed0" / "run"), "--prompt", "The ",
+                     "--max-new-tokens", "8"])
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    "argument, fragment",
+    [
+        ("--vary=colour=red,blue", "unknown config field 'colour'"),
+        ("--vary=norm=layernorm,groupnorm", "groupnorm"),
+        ("--vary=norm=layernorm", "at least two values"),
+        ("--vary=norm", "expected FIELD=v1,v2"),
+        ("--vary=norm=layernorm,layernorm", "appears twice"),
+        ("--vary=d_model=64,-3", "d_model"),
+    ],
+)
+def test_bad_vary_exit_code(argument, fragment, tmp_path, capsys):
+    code = cli.main(["compare", str(tmp_path / "out"), "--quick", argument])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_is_file(tmp_path, capsys):
+    target = tmp_path / "taken.txt"
+    target.write_text("keep me")
+    code = cli.main(["compare", str(target), "--quick", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is a file" in err
+    assert target.read_text() == "keep me"
+
+
+def test_output_dir_not_a_study(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    code = cli.main(["compare", str(tmp_path), "--quick", "--no-progress"])
+    assert code == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_bad_seeds(tmp_path, capsys):
+    code = cli.main(["compare", str(tmp_path / "out"), "--quick", "--seeds", "0"])
+    assert code == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_parse_vary_values():
+    field, values = parse_vary("d_model=64,128")
+    assert field == "d_model"
+    assert values == [64, 128]
+
+
+def test_plan_shares_everything_but_field():
+    plan = build_plan(vary="ffn=relu,gelu,swiglu", seeds=2, quick=True, preset=None, settings=[], flags={})
+    assert len(plan.arms) == 6
+    for arm in plan.arms:
+        model = dict(arm.model)
+        assert model.pop("ffn") == arm.value
+        first = dict(plan.arms[0].model)
+        first.pop("ffn")
+        assert model == first
+    assert sorted({arm.seed for arm in plan.arms}) == [0, 1]
+
+
+def test_plan_residual_adds_no_warmup_arms():
+    plan = build_plan(vary="residual=post,pre", seeds=1, quick=True, preset=None, settings=[], flags={})
+    labels = [arm.label for arm in plan.arms]
+    assert labels == ["post", "post, no warmup", "pre", "pre, no warmup"]
+    no_warmup = [arm for arm in plan.arms if "no warmup" in arm.label]
+    assert all(arm.train["warmup_steps"] == 0 for arm in no_warmup)
+    assert all(arm.train["log_layer_grad_norms"] for arm in plan.arms)
+
+
+def test_plan_unknown_preset():
+    with pytest.raises(UsageError, match="unknown preset"):
+        build_plan(vary=None, seeds=1, quick=True, preset="gpt5", settings=[], flags={})
+
+
+def test_plan_gated_ffn_equal_params():
+    from blocklab.config import ModelConfig
+    from blocklab.model import Transformer
+
+    plan = build_plan(vary="ffn=relu,swiglu", seeds=1, quick=True, preset=None, settings=[], flags={})
+    counts = [Transformer(ModelConfig.from_dict(arm.model)).num_parameters() for arm in plan.arms]
+    assert abs(counts[0] - counts[1]) / counts[0] < 0.03
