@@ -175,3 +175,34 @@ def test_plan_gated_ffn_equal_params():
     plan = build_plan(vary="ffn=relu,swiglu", seeds=1, quick=True, preset=None, settings=[], flags={})
     counts = [Transformer(ModelConfig.from_dict(arm.model)).num_parameters() for arm in plan.arms]
     assert abs(counts[0] - counts[1]) / counts[0] < 0.03
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "blocklab", "compare", str(out), "--quick", "--no-progress",
+               "--vary", "position=none,rope", "--steps", "60", "--set", "train.save_every=2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "runs" / "none-seed0" / "run" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if checkpoints.is_dir() and any(path.name != "step_000000" for path in checkpoints.iterdir()):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "re-run the same command to resume" in err
+    assert not (out / "runs" / "none-seed0" / "result.json").exists()
+
+    # The resumed study finishes, and its arm continued from the saved step.
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert finished.returncode == 0, finished.stderr
+    result = json.loads((out / "runs" / "none-seed0" / "result.json").read_text())
+    assert result["steps"] == 60

@@ -26,6 +26,7 @@ import os
 import queue
 import re
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -223,8 +224,9 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
     from blocklab.model import Transformer
     from blocklab.train import TrainConfig, layer_grad_norms, prepare_data, train
 
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # terminal signals go to the parent, which forwards them
     try:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         model_config = ModelConfig.from_dict(arm["model"])
         train_config = TrainConfig.from_dict(arm["train"])
         data = prepare_data(train_config)
@@ -369,6 +371,13 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, progress: bool = 
 
 
 def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: StudyPlan, bar) -> None:
+    """Run one arm in a child process and relay its progress.
+
+    The child runs in its own process group, so a Ctrl-C at the terminal
+    reaches only this process, which forwards one SIGINT to the child. The
+    child then saves a checkpoint after its current step and stops; a second
+    signal stops it at once.
+    """
     messages = context.Queue()
     process = context.Process(
         target=_run_arm,
@@ -377,7 +386,20 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
         daemon=True,
     )
     arm_dir.mkdir(parents=True, exist_ok=True)
+    stop_requests = 0
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stop_requests
+        stop_requests += 1
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+        if stop_requests > 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     process.start()
+    for sig in previous:
+        signal.signal(sig, forward)
     done_steps = 0
     outcome: tuple[str, Any] | None = None
     try:
@@ -396,12 +418,15 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
                     bar.set_postfix(loss=f"{payload['loss']:.3f}")
             else:
                 outcome = (kind, payload)
-    except KeyboardInterrupt:
-        process.join(timeout=30)  # the child saves a checkpoint on SIGINT
-        raise
-    process.join(timeout=60)
+        process.join(timeout=60)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=30)
     kind, payload = outcome
-    if kind == "stopped":
+    if kind == "stopped" or stop_requests:
         raise KeyboardInterrupt
     if kind == "error":
         raise RuntimeError(
