@@ -169,7 +169,8 @@ class Transformer(nn.Module):
                 f"input_ids: invalid shape {tuple(input_ids.shape)}; expected (batch, length)"
             )
         if input_ids.numel():
-            low, high = int(input_ids.min()), int(input_ids.max())
+            # One pass for both bounds: decoding runs this check at every step.
+            low, high = (int(value) for value in torch.aminmax(input_ids))
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(

@@ -129,15 +129,14 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(x)  # (B, T, (H + 2K) D)
-        q, k, v = qkv.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
-        q = q.view(batch, length, heads, head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)  # (B, K, T, D)
+        qk, v = qkv.split(((heads + kv_heads) * head_dim, kv_heads * head_dim), dim=-1)
+        qk = qk.view(batch, length, heads + kv_heads, head_dim).transpose(1, 2)  # (B, H + K, T, D)
         v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)  # (B, K, T, D)
-
         if rope is not None:
+            # Queries and keys share the angles, so one call rotates both.
             cos, sin = rope
-            q = apply_rotary(q, cos, sin, self.rotary_interleaved)
-            k = apply_rotary(k, cos, sin, self.rotary_interleaved)
+            qk = apply_rotary(qk, cos, sin, self.rotary_interleaved)
+        q, k = qk.split((heads, kv_heads), dim=1)  # (B, H, T, D), (B, K, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
 

@@ -192,7 +192,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     half = cos.shape[-1]
     rotary = 2 * half
     plain_float32 = x.dtype == cos.dtype == sin.dtype == torch.float32
-    if plain_float32 and not (cos.requires_grad or sin.requires_grad):
+    # torch.compile fuses the plain formula below better than the in-place one.
+    eager = not torch.compiler.is_compiling()
+    if eager and plain_float32 and not (cos.requires_grad or sin.requires_grad):
         if torch.is_grad_enabled() and x.requires_grad:
             return _RotaryFunction.apply(x, cos, sin, interleaved)
         return _rotate(x, cos, sin, interleaved, inverse=False)
