@@ -24,6 +24,15 @@ def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
     return text
 
 
+def _memory(variant: dict[str, Any]) -> str:
+    peak, baseline = variant["peak_memory_mb"], variant.get("baseline_memory_mb")
+    if peak is None:
+        return "n/a"
+    if baseline is None:
+        return f"{peak:.0f}"
+    return f"{peak:.0f} (+{max(peak - baseline, 0):.0f})"
+
+
 def _ppl(entry: dict[str, Any]) -> str:
     return "n/a" if entry["perplexity"] is None else f"{entry['perplexity']:.2f}"
 
@@ -33,7 +42,7 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     seq_len = results["train"]["seq_len"]
     header = ["variant", "params", "val loss"]
     header += [f"ppl @{e['length']} ({e['length'] // seq_len}x)" for e in results["variants"][0]["lengths"]]
-    header += ["tokens/s", "peak MB", "train s"]
+    header += ["tokens/s", "peak MB (+training)", "train s"]
     rows = []
     for variant in results["variants"]:
         row = [variant["label"], f"{variant['num_parameters']:,}",
@@ -41,7 +50,7 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row += [_ppl(entry) for entry in variant["lengths"]]
         row += [
             _fmt(variant["tokens_per_s"], None, 0),
-            _fmt(variant["peak_memory_mb"], None, 0),
+            _memory(variant),
             _fmt(variant["train_time_s"], None, 1),
         ]
         rows.append(row)
@@ -103,6 +112,8 @@ def plot_lengths(results: dict[str, Any], path: Path) -> None:
             axis.plot(*zip(*points), marker="o", label=variant["label"])
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
+    axis.set_xticks(results["eval_lengths"], [str(length) for length in results["eval_lengths"]])
+    _plain_log_labels(axis, [p for v in results["variants"] for e in v["lengths"] if (p := e["perplexity"])])
     axis.axvline(results["train"]["seq_len"], color="gray", linestyle="--", linewidth=1)
     axis.set_xlabel("evaluation context length (tokens; dashed: training length)")
     axis.set_ylabel("validation perplexity")
@@ -114,6 +125,16 @@ def plot_lengths(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _plain_log_labels(axis, values: list[float]) -> None:
+    """Label a log y-axis with plain numbers, minor ticks too when it spans under a decade."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    if values and max(values) / min(values) < 10:
+        axis.yaxis.set_minor_formatter(plain)
+
+
 def plot_cost(results: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     variants = results["variants"]
@@ -121,8 +142,19 @@ def plot_cost(results: dict[str, Any], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     left.barh(labels, [v["tokens_per_s"] or 0 for v in variants], color="tab:blue")
     left.set_xlabel("training tokens/s")
-    right.barh(labels, [v["peak_memory_mb"] or 0 for v in variants], color="tab:orange")
-    right.set_xlabel(f"peak memory, MB ({variants[0].get('memory_kind', results['arms'][0]['memory_kind'])})")
+    peaks = [v["peak_memory_mb"] or 0 for v in variants]
+    if results["arms"][0]["memory_kind"] == "cpu_max_rss":
+        # The process's resident set includes the interpreter and libraries;
+        # the coloured part is what training added on top of that.
+        baselines = [min(v["baseline_memory_mb"] or 0, peak) for v, peak in zip(variants, peaks)]
+        right.barh(labels, baselines, color="lightgray", label="before training")
+        right.barh(labels, [p - b for p, b in zip(peaks, baselines)], left=baselines, color="tab:orange",
+                   label="added by training")
+        right.legend(fontsize=8, loc="lower right")
+        right.set_xlabel("peak resident memory of the arm's process, MB")
+    else:
+        right.barh(labels, peaks, color="tab:orange")
+        right.set_xlabel("peak CUDA memory allocated, MB")
     for axis in (left, right):
         axis.invert_yaxis()
         axis.grid(alpha=0.3, axis="x")
@@ -208,7 +240,8 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
         "deviation over seeds when there are several). Perplexity columns evaluate the final model at longer "
         "contexts than it was trained on; n/a means the model cannot run there (learned positions stop at their "
         "table). Tokens/s counts training steps only. Peak memory is "
-        + ("the peak resident set size of the process that trained the arm, interpreter and libraries included"
+        + ("the peak resident set size of the process that trained the arm, interpreter and libraries included; "
+           "the part in brackets is what it grew by from just before training to the peak"
            if memory_kind == "cpu_max_rss" else "CUDA max_memory_allocated")
         + ".",
         "",
