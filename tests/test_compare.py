@@ -70,7 +70,7 @@ def test_quick_study_report_holds_numbers(quick_study):
     report = (out / "report.md").read_text()
     for variant in results["variants"]:
         assert f"| {variant['label']} |" in report
-        assert f"{variant['final_val_loss']:.3f}" in report
+        assert f"{variant['lengths'][0]['loss']:.3f}" in report
     assert "loss_vs_steps.png" in report
     assert results["environment"]["torch"] in report
 
@@ -101,6 +101,10 @@ def test_quick_study_generate_from_arm(quick_study, capsys):
         ("--vary=norm", "expected FIELD=v1,v2"),
         ("--vary=norm=layernorm,layernorm", "appears twice"),
         ("--vary=d_model=64,-3", "d_model"),
+        ("--vary=rope.theta=10000,1e4", "same value as an earlier one"),
+        ("--vary=lr=0.001,-1", "--vary lr=-1"),
+        ("--tokenizer=bpe:abc", "bpe:abc"),
+        ("--set=train.seq_len=1000000", "fewer than one training sequence"),
     ],
 )
 def test_bad_vary_exit_code(argument, fragment, tmp_path, capsys):
@@ -110,6 +114,34 @@ def test_bad_vary_exit_code(argument, fragment, tmp_path, capsys):
     assert fragment in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_set_conflicts_with_vary(tmp_path, capsys):
+    code = cli.main(["compare", str(tmp_path / "out"), "--quick", "--vary", "norm=rmsnorm,layernorm",
+                     "--set", "norm=scalenorm"])
+    assert code == 2
+    assert "conflicts with --vary norm" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_flag_conflicts_with_vary(tmp_path, capsys):
+    code = cli.main(["compare", str(tmp_path / "out"), "--quick", "--vary", "steps=10,20", "--steps", "5"])
+    assert code == 2
+    assert "--steps 5 conflicts with --vary steps" in capsys.readouterr().err
+
+
+def test_plan_keeps_user_max_seq_len():
+    plan = build_plan(vary="position=learned,rope", seeds=1, quick=True, preset=None,
+                      settings=["max_seq_len=64"], flags={})
+    assert all(arm.model["max_seq_len"] == 64 for arm in plan.arms)
+
+
+def test_plan_varied_seq_len_sets_table():
+    plan = build_plan(vary="seq_len=16,64", seeds=1, quick=True, preset=None,
+                      settings=["position=\"learned\""], flags={})
+    assert [arm.model["max_seq_len"] for arm in plan.arms] == [16, 64]
+    assert [arm.eval_lengths[0] for arm in plan.arms] == [16, 64]
+    assert plan.arms[1].eval_lengths == [64, 128, 256, 512]
 
 
 def test_output_path_is_file(tmp_path, capsys):

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from blocklab import __version__
 from blocklab.errors import UsageError
@@ -36,7 +37,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="blocklab", description="Transformer parts: build, train, compare and measure them.")
     parser.add_argument("--version", action="version", version=f"blocklab {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages and print tracebacks of errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if getattr(args, "run", None) is None:
         parser.print_help()
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        if args.verbose:
+            traceback.print_exc()  # a ValueError from a bug looks like a usage error without it
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"blocklab {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -80,6 +80,7 @@ class Arm:
         seed: the training seed.
         model: ModelConfig as a dict (vocab_size set from the tokenizer).
         train: TrainConfig as a dict.
+        eval_lengths: the evaluation lengths, 1x to 8x the arm's seq_len.
         note: how the arm departs from the shared setup, if at all.
     """
 
@@ -89,6 +90,7 @@ class Arm:
     seed: int
     model: dict[str, Any]
     train: dict[str, Any]
+    eval_lengths: list[int] = field(default_factory=list)
     note: str = ""
 
 
@@ -103,6 +105,7 @@ class StudyPlan:
     eval_lengths: list[int]
     eval_max_windows: int
     eval_batch_size: int
+    base_model: dict[str, Any] = dataclasses.field(default_factory=dict)
     arms: list[Arm] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +137,13 @@ def parse_vary(text: str) -> tuple[str, list[Any]]:
     if len(set(raw)) != len(raw):
         duplicate = next(part for part in raw if raw.count(part) > 1)
         raise UsageError(f"--vary {text!r}: value {duplicate!r} appears twice; list each value once")
-    return name, [parse_value(part) for part in raw]
+    values = [parse_value(part) for part in raw]
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise UsageError(
+                f"--vary {text!r}: {raw[index]!r} is the same value as an earlier one; list each value once"
+            )
+    return name, values
 
 
 def _slug(value: Any) -> str:
@@ -167,30 +176,36 @@ def build_plan(
     else:
         field_name, values = parse_vary(vary)
 
+    _check_conflicts(field_name, settings, flags)
+    user_sets_table = field_name == "max_seq_len" or any(
+        _setting_field(setting) == "max_seq_len" for setting in settings
+    )
     base_settings = [f"{key}={json.dumps(value)}" for key, value in profile["model"].items()]
     base_settings += [f"train.{key}={json.dumps(value)}" for key, value in profile["train"].items()]
     model_config, train_config = resolve_configs(
         preset=preset or "llama", settings=base_settings + list(settings), flags=flags,
     )
-    # Learned positions get a table of exactly the training length.
-    model_config = model_config.replace(max_seq_len=train_config.seq_len)
     if vocab_size is not None:
         model_config = model_config.replace(vocab_size=vocab_size)
-
     if field_name == "residual":
         train_config = train_config.replace(log_layer_grad_norms=True)
 
     arms: list[Arm] = []
     for value in values:
         model_dict, train_dict = model_config.to_dict(), train_config.to_dict()
+        where = f"--vary {field_name}={value!r}"
         try:
             apply_setting(model_dict, train_dict, field_name, value, f"--vary {field_name}")
+            if not user_sets_table:
+                # Learned positions get a table of exactly the training length,
+                # unless max_seq_len was set on purpose.
+                model_dict["max_seq_len"] = train_dict["seq_len"]
             arm_model = ModelConfig.from_dict(model_dict)
             arm_train = TrainConfig.from_dict(train_dict)
-        except UsageError:
-            raise
         except ValueError as error:
-            raise UsageError(f"--vary {field_name}={value!r}: {error}") from None
+            message = str(error)
+            raise UsageError(message if message.startswith("--vary") else f"{where}: {message}") from None
+        lengths = [arm_train.seq_len * m for m in EVAL_MULTIPLIERS]
         variants = [(str(value), _slug(value), arm_train, "")]
         if field_name == "residual":
             no_warmup = arm_train.replace(warmup_steps=0)
@@ -200,7 +215,7 @@ def build_plan(
                 seeded = arm_train_config.replace(seed=arm_train_config.seed + seed)
                 arms.append(Arm(
                     key=f"{slug}-seed{seeded.seed}", label=label, value=value, seed=seeded.seed,
-                    model=arm_model.to_dict(), train=seeded.to_dict(), note=note,
+                    model=arm_model.to_dict(), train=seeded.to_dict(), eval_lengths=lengths, note=note,
                 ))
 
     seq_len = train_config.seq_len
@@ -208,8 +223,33 @@ def build_plan(
         field=field_name, values=values, seeds=seeds, profile=profile_name,
         eval_lengths=[seq_len * m for m in EVAL_MULTIPLIERS],
         eval_max_windows=profile["eval"]["max_windows"], eval_batch_size=profile["eval"]["batch_size"],
-        arms=arms,
+        base_model=model_config.to_dict(), arms=arms,
     )
+
+
+def _setting_field(setting: str) -> str:
+    """Return the field a ``KEY=VALUE`` setting names, without a model. or train. prefix."""
+    key = setting.partition("=")[0].strip()
+    for prefix in ("model.", "train."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _check_conflicts(field_name: str, settings: list[str], flags: dict[str, Any]) -> None:
+    """Reject a --set or a flag that sets the field the study varies."""
+    for setting in settings:
+        if _setting_field(setting) == field_name:
+            raise UsageError(
+                f"--set {setting} conflicts with --vary {field_name}: the study sets {field_name} per arm; "
+                "drop one of them"
+            )
+    if flags.get(field_name) is not None:
+        flag = "--" + field_name.replace("_", "-")
+        raise UsageError(
+            f"{flag} {flags[field_name]} conflicts with --vary {field_name}: the study sets {field_name} "
+            "per arm; drop one of them"
+        )
 
 
 # --- running one arm (in a child process) ----------------------------------------------------
@@ -303,6 +343,29 @@ def _init_grad_norms(model_config, train_config, data, transformer_cls, layer_gr
     return layer_grad_norms(model)
 
 
+def _check_data(plan: StudyPlan) -> None:
+    """Load and tokenize the data once, so a bad corpus or tokenizer fails before any arm starts.
+
+    Raises:
+        UsageError: for a missing, empty or too short corpus or a bad tokenizer spec.
+    """
+    from blocklab.data import sample_batch
+    from blocklab.train import TrainConfig, prepare_data
+
+    for arm in {(a.train["data"], a.train["tokenizer"], a.train["seq_len"]): a for a in plan.arms}.values():
+        config = TrainConfig.from_dict(arm.train)
+        try:
+            data = prepare_data(config)
+            sample_batch(data.train_tokens, 1, config.seq_len, seed=config.seed, step=0)
+            if data.val_tokens.numel() < config.seq_len + 1:
+                raise UsageError(
+                    f"validation text has {data.val_tokens.numel()} tokens, fewer than one window of "
+                    f"{config.seq_len + 1}; use a shorter seq_len or more text"
+                )
+        except ValueError as error:
+            raise UsageError(str(error).splitlines()[0]) from None
+
+
 # --- the study --------------------------------------------------------------------------
 
 
@@ -323,7 +386,7 @@ def _check_output(out: Path, plan: StudyPlan, overwrite: bool) -> None:
         if recorded != json.loads(json.dumps(plan.to_dict())):
             raise UsageError(
                 f"{str(out)!r} holds a different study (its {STUDY_FILE} differs from these options); "
-                "pass another output directory, or the same options to resume it"
+                "pass another output directory, the same options to resume it, or --overwrite to replace it"
             )
 
 
@@ -381,7 +444,7 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
     messages = context.Queue()
     process = context.Process(
         target=_run_arm,
-        args=(dataclasses.asdict(arm), str(arm_dir / "run"), str(result_path), plan.eval_lengths,
+        args=(dataclasses.asdict(arm), str(arm_dir / "run"), str(result_path), arm.eval_lengths,
               plan.eval_max_windows, plan.eval_batch_size, messages),
         daemon=True,
     )
@@ -474,11 +537,12 @@ def collect_results(plan: StudyPlan, out: Path) -> dict[str, Any]:
                        "baseline_memory_mb", "train_time_s"):
             summary[metric], summary[metric + "_std"] = _mean_std([m[metric] for m in members])
         lengths = []
-        for position, length in enumerate(plan.eval_lengths):
+        for position in range(len(EVAL_MULTIPLIERS)):
             entries = [m["lengths"][position] for m in members]
             loss, loss_std = _mean_std([e["loss"] for e in entries])
             lengths.append({
-                "length": length,
+                "length": entries[0]["length"],
+                "multiplier": EVAL_MULTIPLIERS[position],
                 "loss": loss,
                 "loss_std": loss_std,
                 "perplexity": None if loss is None else math.exp(min(loss, 700.0)),
@@ -504,7 +568,7 @@ def collect_results(plan: StudyPlan, out: Path) -> dict[str, Any]:
         "profile": plan.profile,
         "eval_lengths": plan.eval_lengths,
         "eval_max_windows": plan.eval_max_windows,
-        "model": plan.arms[0].model,
+        "model": plan.base_model,
         "train": plan.arms[0].train,
         "data": first["data"],
         "environment": _environment(),
@@ -594,7 +658,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.overwrite and out.is_dir() and (out / STUDY_FILE).is_file():
         import shutil
 
+        _check_output(out, plan, overwrite=True)
+        _check_data(plan)
         shutil.rmtree(out)
+    else:
+        _check_output(out, plan, overwrite=False)
+        _check_data(plan)
     print(f"blocklab compare: {len(plan.arms)} runs varying {plan.field} -> {out}", file=sys.stderr)
     try:
         results = run_study(plan, out, progress=not args.no_progress, overwrite=args.overwrite)

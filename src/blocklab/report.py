@@ -9,6 +9,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# Distinct marker and line style per variant, so identical curves stay visible.
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":")]
+
 LOSS_PLOT = "loss_vs_steps.png"
 LENGTH_PLOT = "perplexity_vs_length.png"
 COST_PLOT = "throughput_memory.png"
@@ -39,17 +42,23 @@ def _ppl(entry: dict[str, Any]) -> str:
 
 def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Return the header and rows of the results table."""
-    seq_len = results["train"]["seq_len"]
-    header = ["variant", "params", "val loss"]
-    header += [f"ppl @{e['length']} ({e['length'] // seq_len}x)" for e in results["variants"][0]["lengths"]]
+    variants = results["variants"]
+    shared = all(
+        [e["length"] for e in v["lengths"]] == [e["length"] for e in variants[0]["lengths"]] for v in variants
+    )
+    first = variants[0]["lengths"]
+    header = ["variant", "params", "loss @1x" + (f" ({first[0]['length']})" if shared else "")]
+    for entry in first:
+        multiplier = entry.get("multiplier", entry["length"] // results["train"]["seq_len"])
+        header.append(f"ppl @{entry['length']} ({multiplier}x)" if shared else f"ppl @{multiplier}x")
     header += ["tokens/s", "peak MB (+training)", "train s"]
     rows = []
-    for variant in results["variants"]:
-        row = [variant["label"], f"{variant['num_parameters']:,}",
-               _fmt(variant["final_val_loss"], variant["final_val_loss_std"])]
+    for variant in variants:
+        one = variant["lengths"][0]
+        row = [variant["label"], f"{variant['num_parameters']:,}", _fmt(one["loss"], one.get("loss_std"))]
         row += [_ppl(entry) for entry in variant["lengths"]]
         row += [
-            _fmt(variant["tokens_per_s"], None, 0),
+            _fmt(variant["tokens_per_s"], variant.get("tokens_per_s_std"), 0),
             _memory(variant),
             _fmt(variant["train_time_s"], None, 1),
         ]
@@ -89,10 +98,12 @@ def _pyplot():
 def plot_loss(results: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for variant in results["variants"]:
+    for index, variant in enumerate(results["variants"]):
         curve = variant["curve"]
         if curve:
-            axis.plot([p["step"] for p in curve], [p["val_loss"] for p in curve], marker="o", label=variant["label"])
+            marker, line = STYLES[index % len(STYLES)]
+            axis.plot([p["step"] for p in curve], [p["val_loss"] for p in curve], marker=marker, linestyle=line,
+                      label=variant["label"], alpha=0.85)
     axis.set_xlabel("training step")
     axis.set_ylabel("validation loss (nats/token)")
     axis.set_title(f"Validation loss, varying {results['field']}")
@@ -106,13 +117,16 @@ def plot_loss(results: dict[str, Any], path: Path) -> None:
 def plot_lengths(results: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for variant in results["variants"]:
+    for index, variant in enumerate(results["variants"]):
         points = [(e["length"], e["perplexity"]) for e in variant["lengths"] if e["perplexity"] is not None]
         if points:
-            axis.plot(*zip(*points), marker="o", label=variant["label"])
+            marker, line = STYLES[index % len(STYLES)]
+            axis.plot(*zip(*points), marker=marker, linestyle=line, markersize=8 if len(points) == 1 else 6,
+                      label=variant["label"], alpha=0.85)
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
-    axis.set_xticks(results["eval_lengths"], [str(length) for length in results["eval_lengths"]])
+    ticks = sorted({e["length"] for v in results["variants"] for e in v["lengths"]})
+    axis.set_xticks(ticks, [str(length) for length in ticks])
     _plain_log_labels(axis, [p for v in results["variants"] for e in v["lengths"] if (p := e["perplexity"])])
     axis.axvline(results["train"]["seq_len"], color="gray", linestyle="--", linewidth=1)
     axis.set_xlabel("evaluation context length (tokens; dashed: training length)")
@@ -169,16 +183,18 @@ def plot_grad_norms(results: dict[str, Any], path: Path) -> bool:
         return False
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), sharey=False)
-    for variant in variants:
+    for index, variant in enumerate(variants):
+        marker, line = STYLES[index % len(STYLES)]
         init = variant["init_layer_grad_norms"]
-        left.plot(range(1, len(init) + 1), init, marker="o", label=variant["label"])
+        left.plot(range(1, len(init) + 1), init, marker=marker, linestyle=line, label=variant["label"])
         trained = variant.get("train_layer_grad_norms")
         if trained:
-            right.plot(range(1, len(trained) + 1), trained, marker="o", label=variant["label"])
+            right.plot(range(1, len(trained) + 1), trained, marker=marker, linestyle=line, label=variant["label"])
     left.set_title("at initialisation")
     right.set_title("during training (mean over logged steps)")
     for axis in (left, right):
         axis.set_xlabel("block (1 = nearest the input)")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel("gradient norm")
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
@@ -205,9 +221,10 @@ def _setup_section(results: dict[str, Any]) -> list[str]:
         f"- Data: `{data['source']}`, {data['num_documents']} documents, {data['num_bytes']:,} bytes; "
         f"split by document into {data['train_tokens']:,} training and {data['val_tokens']:,} validation tokens "
         f"(tokenizer `{train['tokenizer']}`).",
-        f"- Backbone: d_model {model['d_model']}, {model['n_layers']} layers, {model['n_heads']} heads, "
-        f"norm `{model['norm']}`, residual `{model['residual']}`, FFN `{model['ffn']}`, position "
-        f"`{model['position']}` (each unless varied).",
+        "- Backbone: " + ", ".join(
+            f"{name} {'(varied)' if name == results['field'] else f'`{model[name]}`'}"
+            for name in ("d_model", "n_layers", "n_heads", "norm", "residual", "ffn", "position")
+        ) + ".",
         f"- Budget: {train['steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
         f"({tokens_seen:,} tokens per arm), AdamW lr {train['lr']}, {train['warmup_steps']} warmup steps then "
         f"cosine decay to {train['min_lr_ratio']} x lr, weight decay {train['weight_decay']}, gradient clip "
@@ -236,10 +253,13 @@ def write_report(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     lines += [
         "## Results",
         "",
-        "Validation loss is in nats per token at the training length after the last step (mean ± sample standard "
-        "deviation over seeds when there are several). Perplexity columns evaluate the final model at longer "
-        "contexts than it was trained on; n/a means the model cannot run there (learned positions stop at their "
-        "table). Tokens/s counts training steps only. Peak memory is "
+        "Every number comes from the final model on the held-out documents, in non-overlapping windows from "
+        "the start of the validation text. Loss @1x is in nats per token at the training length; the perplexity "
+        "columns repeat the measurement at longer contexts than the model was trained on, and n/a means the "
+        "model cannot run there (learned positions stop at their table). With several seeds a value is the mean "
+        "± the sample standard deviation. The loss curve plot instead shows the validation loss measured during "
+        "training on a fixed sample of windows, so its last point differs slightly from loss @1x. Tokens/s counts "
+        "training steps only and depends on what else the machine runs. Peak memory is "
         + ("the peak resident set size of the process that trained the arm, interpreter and libraries included; "
            "the part in brackets is what it grew by from just before training to the peak"
            if memory_kind == "cpu_max_rss" else "CUDA max_memory_allocated")
