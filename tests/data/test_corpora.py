@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -311,7 +312,37 @@ def test_hf_directory_that_is_not_a_dataset(tmp_path):
         load_corpus(f"hf:{tmp_path}")
 
 
-def test_hf_hub_failure_becomes_data_error(monkeypatch):
+@pytest.fixture
+def hub_check(monkeypatch):
+    """Replace the Hub metadata request, so no test reaches the network.
+
+    The fixture returns a list of the (dataset name, timeout) requests. A test
+    sets its ``error`` attribute to make the next requests fail with it.
+    """
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    requests = HubRequests()
+
+    def dataset_info(self, name, timeout=None, **kwargs):
+        requests.append((name, timeout))
+        if requests.error is not None:
+            raise requests.error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    return requests
+
+
+class HubRequests(list):
+    error: BaseException | None = None
+
+
+def _emit_hub_warnings():
+    logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+    logging.getLogger("datasets.load").warning("Using the latest cached version")
+
+
+def test_hf_hub_failure_becomes_data_error(monkeypatch, hub_check):
     datasets = pytest.importorskip("datasets")
     requests = []
 
@@ -329,6 +360,112 @@ def test_hf_hub_failure_becomes_data_error(monkeypatch):
     assert "Couldn't reach the Hub" in message
     assert "second line" not in message
 
+
+def test_hf_unreachable_hub_is_quiet(monkeypatch, hub_check, caplog, capfd):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    hub_check.error = ConnectionError("Failed to resolve 'huggingface.co'")
+    offline_during_load = []
+
+    def fail(name, config, split):
+        offline_during_load.append(huggingface_hub.constants.HF_HUB_OFFLINE)
+        offline_during_load.append(datasets.config.HF_HUB_OFFLINE)
+        _emit_hub_warnings()
+        raise ConnectionError("Couldn't find cache for someone/some-set")
+
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    hub_level = logging.getLogger("huggingface_hub").level
+    with pytest.raises(DataError) as info:
+        load_corpus("hf:someone/some-set")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "'someone/some-set'" in message
+    assert "Hugging Face Hub is unreachable (Failed to resolve 'huggingface.co')" in message
+    assert "Couldn't find cache for someone/some-set" in message
+    assert hub_check == [("someone/some-set", corpora.HUB_CHECK_TIMEOUT)]
+    assert offline_during_load == [True, True]
+
+    hub_records = [
+        record for record in caplog.records
+        if record.name.startswith(("huggingface_hub", "datasets"))
+    ]
+    assert hub_records == []
+    captured = capfd.readouterr()
+    assert "Retrying" not in captured.err
+    assert "Retrying" not in captured.out
+    assert "cached version" not in captured.err
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+    assert datasets.config.HF_HUB_OFFLINE is False
+    assert logging.getLogger("huggingface_hub").level == hub_level
+    assert datasets.is_progress_bar_enabled()
+
+
+def test_hf_unreachable_hub_uses_cache(monkeypatch, hub_check, caplog):
+    datasets = pytest.importorskip("datasets")
+    hub_check.error = TimeoutError("timed out")
+    cached = datasets.Dataset.from_dict({"text": ["cached doc"]})
+
+    def from_cache(name, config, split):
+        assert datasets.config.HF_HUB_OFFLINE is True
+        return cached
+
+    monkeypatch.setattr(datasets, "load_dataset", from_cache)
+    with caplog.at_level(logging.WARNING, logger="blocklab"):
+        corpus = load_corpus("hf:someone/some-set")
+    assert corpus.documents == ["cached doc"]
+    assert "loaded dataset 'someone/some-set' from the local cache" in caplog.text
+
+
+def test_hf_hub_warnings_are_silenced(monkeypatch, hub_check, caplog, capfd):
+    datasets = pytest.importorskip("datasets")
+
+    def fail(name, config, split):
+        assert datasets.config.HF_HUB_OFFLINE is False  # The Hub responded to the check.
+        _emit_hub_warnings()
+        raise FileNotFoundError("Dataset 'someone/missing' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(DataError, match="doesn't exist on the Hub") as info:
+        load_corpus("hf:someone/missing")
+    assert len(str(info.value).splitlines()) == 1
+    hub_records = [
+        record for record in caplog.records
+        if record.name.startswith(("huggingface_hub", "datasets"))
+    ]
+    assert hub_records == []
+    assert "Retrying" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_hf_offline_variable_skips_hub(monkeypatch, hub_check, variable):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv(variable, "1")
+    offline_during_load = []
+
+    def fail(name, config, split):
+        offline_during_load.append(datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError("Couldn't find cache for someone/some-set")
+
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(DataError) as info:
+        load_corpus("hf:someone/some-set")
+    message = str(info.value)
+    assert hub_check == []
+    assert offline_during_load == [True]
+    assert f"{variable} is set" in message
+    assert f"unset {variable}" in message
+
+
+def test_hf_offline_variable_zero_checks_hub(monkeypatch, hub_check):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # HF_DATASETS_OFFLINE takes precedence.
+    loaded = datasets.Dataset.from_dict({"text": ["doc"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: loaded)
+    assert load_corpus("hf:someone/some-set").documents == ["doc"]
+    assert hub_check == [("someone/some-set", corpora.HUB_CHECK_TIMEOUT)]
 
 def test_hf_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # Makes the import fail.

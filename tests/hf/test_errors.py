@@ -95,6 +95,25 @@ def test_shape_mismatch_names_both_shapes(llama_dir):
     assert "(16, 32)" in message
 
 
+
+def test_inspect_shape_mismatch_matches_load(llama_dir):
+    _rewrite_config(llama_dir, lambda data: data.update(hidden_size=64))
+    with pytest.raises(UsageError) as load_error:
+        bl.hf.load(llama_dir)
+    with pytest.raises(UsageError) as inspect_error:
+        bl.hf.inspect(llama_dir)
+    message = str(inspect_error.value)
+    assert message == str(load_error.value)
+    assert "'model.embed_tokens.weight'" in message
+    assert "(96, 32)" in message
+    assert "(96, 64)" in message
+
+
+def test_inspect_names_unexpected_tensor(llama_dir):
+    _rewrite_weights(llama_dir, lambda t: t.update({"model.layers.0.extra.weight": torch.ones(3)}))
+    with pytest.raises(UsageError, match=r"unexpected tensor 'model\.layers\.0\.extra\.weight'"):
+        bl.hf.inspect(llama_dir)
+
 def test_pickle_checkpoint_is_rejected(llama_dir):
     (llama_dir / "model.safetensors").rename(llama_dir / "pytorch_model.bin")
     with pytest.raises(UsageError) as error:

@@ -65,3 +65,32 @@ def test_inspect_pickle_checkpoint_exits_2(gemma_dir, capsys):
     (gemma_dir / "model.safetensors").rename(gemma_dir / "pytorch_model.bin")
     assert main(["inspect", str(gemma_dir)]) == 2
     assert "pickle" in capsys.readouterr().err
+
+
+def test_inspect_config_weights_mismatch_exits_2(gemma_dir, capsys):
+    config_path = gemma_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["hidden_size"] = 64
+    config_path.write_text(json.dumps(config))
+
+    assert main(["inspect", str(gemma_dir)]) == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert captured.out == ""
+    assert len(error.splitlines()) == 1
+    assert "'model.embed_tokens.weight'" in error
+    assert "(96, 32)" in error
+    assert "(96, 64)" in error
+
+
+def test_inspect_counts_parameters_from_headers(gemma_dir, monkeypatch, capsys):
+    from blocklab.model import Transformer
+
+    def refuse(self, **kwargs):
+        raise AssertionError("inspect must count parameters from the safetensors headers")
+
+    monkeypatch.setattr(Transformer, "num_parameters", refuse)
+    assert main(["inspect", "--json", str(gemma_dir)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    monkeypatch.undo()
+    assert data["parameters"] == bl.hf.load(gemma_dir).num_parameters()

@@ -18,6 +18,7 @@ sources are:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +49,17 @@ LARGE_FILE_CHARS = 256 * 1024
 
 #: Target size in characters of each piece of a cut file.
 LARGE_FILE_CHUNK_CHARS = 64 * 1024
+
+#: Seconds to wait for a response from the Hugging Face Hub before an ``hf:NAME``
+#: load falls back to the local cache. Without this check, huggingface_hub
+#: (2.4) retries a failed request 5 times with backoff, which sleeps 23 seconds
+#: in all for each request.
+HUB_CHECK_TIMEOUT = 5.0
+
+#: Loggers of the packages behind ``hf:NAME``, set to ERROR during a load.
+HUB_LOGGERS = ("huggingface_hub", "datasets")
+
+_TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
@@ -427,17 +439,139 @@ def _load_local_dataset(datasets: Any, path: Path) -> Any:
 
 
 def _load_hub_dataset(datasets: Any, name: str, config: str | None) -> Any:
+    described = name if config is None else f"{name}:{config}"
+    offline_variable = _offline_variable()
+    with _hub_loggers_at_error():
+        unreachable = None if offline_variable else _hub_unreachable_reason(name)
+        cache_only = offline_variable is not None or unreachable is not None
+        try:
+            with _cache_only(datasets) if cache_only else contextlib.nullcontext():
+                dataset = datasets.load_dataset(name, config, split="train")
+        # The datasets and huggingface_hub packages raise many unrelated exception
+        # types for a missing dataset, a bad config or no network, so all are
+        # reported here.
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(_hub_failure_message(
+                described, _first_line(exc), offline_variable, unreachable
+            )) from exc
+    if unreachable is not None:
+        logger.warning("the Hugging Face Hub is unreachable (%s); loaded dataset %r "
+                       "from the local cache", unreachable, described)
+    return dataset
+
+
+def _hub_failure_message(
+    described: str, error: str, offline_variable: str | None, unreachable: str | None
+) -> str:
+    if offline_variable is not None:
+        cause = (f"{offline_variable} is set, so only the local cache is read, and "
+                 f"that failed: {error}")
+        advice = f"unset {offline_variable}, or save the dataset"
+    elif unreachable is not None:
+        cause = (f"the Hugging Face Hub is unreachable ({unreachable}), and loading "
+                 f"from the local cache failed: {error}")
+        advice = "check network access, or save the dataset"
+    else:
+        cause = error
+        advice = "check the name and network access, or save the dataset"
+    return (f"cannot load dataset {described!r}: {cause}; {advice} with save_to_disk "
+            "and pass hf:DIRECTORY")
+
+
+def _offline_variable() -> str | None:
+    """Return the environment variable that puts the datasets package offline, or None.
+
+    This follows the datasets package (version 2 and later): HF_DATASETS_OFFLINE
+    decides when it is set, and HF_HUB_OFFLINE otherwise. The variables are
+    read on each call, so a value set after ``datasets`` was imported counts.
+    """
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        value = os.environ.get(variable)
+        if value is not None:
+            return variable if value.strip().upper() in _TRUE_VALUES else None
+    return None
+
+
+def _hub_unreachable_reason(name: str) -> str | None:
+    """Request the dataset's metadata from the Hub once, without retries.
+
+    Returns the first line of the error when the request fails without an
+    HTTP response (no network, a refused connection, no response within
+    ``HUB_CHECK_TIMEOUT`` seconds), else None. An HTTP error (a missing or
+    private dataset) and an invalid name also return None, because
+    ``load_dataset`` then reports the problem itself.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
     try:
-        return datasets.load_dataset(name, config, split="train")
-    # The datasets and huggingface_hub packages raise many unrelated exception types
-    # for a missing dataset, a bad config or no network, so all are reported here.
+        HfApi().dataset_info(name, timeout=HUB_CHECK_TIMEOUT)
+    except (HfHubHTTPError, ValueError):
+        return None
+    # A connection failure surfaces as OSError, a timeout or the HTTP client's
+    # own transport error, depending on the huggingface_hub version.
     except Exception as exc:  # noqa: BLE001
-        described = name if config is None else f"{name}:{config}"
-        raise DataError(
-            f"cannot load dataset {described!r}: {_first_line(exc)}; check the name "
-            "and network access, or save the dataset with save_to_disk and pass "
-            "hf:DIRECTORY"
-        ) from exc
+        return _first_line(exc)
+    return None
+
+
+@contextlib.contextmanager
+def _hub_loggers_at_error() -> Iterator[None]:
+    """Set the HUB_LOGGERS to ERROR for the block, so retries print no warnings.
+
+    The HUB_LOGGERS are the packages' root loggers, and their child loggers
+    inherit the level unless one sets its own.
+    """
+    loggers = [logging.getLogger(name) for name in HUB_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _cache_only(datasets: Any) -> Iterator[None]:
+    """Run the block in the packages' offline mode and without progress bars.
+
+    In offline mode ``load_dataset`` reads the local cache and makes no
+    request, so there is nothing to retry and no download to show.
+    NOTE: both are process-wide settings, so they also apply to a load in
+    another thread until the block ends.
+    """
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    switches = [(hub_constants, "HF_HUB_OFFLINE")] + [
+        (datasets.config, attribute)
+        for attribute in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if hasattr(datasets.config, attribute)
+    ]
+    saved = [getattr(module, attribute) for module, attribute in switches]
+    hub_bars_were_enabled = not are_progress_bars_disabled()
+    datasets_bars_were_enabled = datasets.is_progress_bar_enabled()
+    for module, attribute in switches:
+        setattr(module, attribute, True)
+    if hub_bars_were_enabled:
+        disable_progress_bars()
+    if datasets_bars_were_enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for (module, attribute), value in zip(switches, saved):
+            setattr(module, attribute, value)
+        if hub_bars_were_enabled:
+            enable_progress_bars()
+        if datasets_bars_were_enabled:
+            datasets.enable_progress_bars()
 
 
 def _iter_text_column(dataset: Any, name: str, text_field: str) -> Iterator[str]:

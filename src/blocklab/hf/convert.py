@@ -16,6 +16,7 @@ checkpoint would load in transformers and compute something else.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,16 +143,23 @@ def _expected_shapes(rule: Rule, shape: torch.Size) -> list[tuple[int, ...]]:
     return [tuple(part.shape) for part in rule.split(torch.empty(shape, device="meta"))]
 
 
-def _read_state(opened: _Opened, model: Transformer) -> dict[str, torch.Tensor]:
+def _match_tensors(opened: _Opened, shapes: dict[str, torch.Size]) -> dict[str, list[str]]:
+    """Map each blocklab tensor to its stored tensor names, checking shapes from the headers.
+
+    ``shapes`` holds the blocklab state-dict shapes that the config implies.
+    No tensor data is read.
+
+    Raises:
+        UsageError: for a missing, wrongly shaped or unexpected tensor.
+    """
     family, reader, stored = opened.family, opened.reader, opened.stored
-    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    state: dict[str, torch.Tensor] = {}
+    matched: dict[str, list[str]] = {}
     used: set[str] = set()
     prefixed = any(short != name for short, name in stored.items())
     prefix = family.base_prefix if prefixed else ""
     for rule in family.rules(opened.config):
         expected = _expected_shapes(rule, shapes[rule.target])
-        tensors = []
+        names = []
         for source, shape in zip(rule.sources, expected):
             if source not in stored:
                 name = prefix + source if rule.in_base else source
@@ -165,9 +173,9 @@ def _read_state(opened: _Opened, model: Transformer) -> dict[str, torch.Tensor]:
                     f"tensor {stored[source]!r} has shape {actual}, but config.json "
                     f"implies {shape}; the weights do not match the config"
                 )
-            tensors.append(reader.get(stored[source]))
+            names.append(stored[source])
             used.add(source)
-        state[rule.target] = rule.join(tensors)
+        matched[rule.target] = names
 
     accepted = used | family.optional_sources(opened.config) | set(opened.skipped)
     unexpected = sorted(
@@ -180,6 +188,15 @@ def _read_state(opened: _Opened, model: Transformer) -> dict[str, torch.Tensor]:
             f"({len(unexpected)} unexpected in all); the {family.name} layout of this "
             "config.json has no place for it"
         )
+    return matched
+
+
+def _read_state(opened: _Opened, model: Transformer) -> dict[str, torch.Tensor]:
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    rules = {rule.target: rule for rule in opened.family.rules(opened.config)}
+    state: dict[str, torch.Tensor] = {}
+    for target, names in _match_tensors(opened, shapes).items():
+        state[target] = rules[target].join([opened.reader.get(name) for name in names])
     return state
 
 
@@ -229,12 +246,25 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None) -> 
 def inspect(path: str | os.PathLike) -> CheckpointInfo:
     """Describe a checkpoint from its config.json and safetensors headers only.
 
+    Every stored tensor is checked against the shape the config implies, with
+    the same rules as ``load``, and the parameter count is summed from the
+    header shapes of the tensors blocklab uses (a tied head once).
+
     Raises:
-        UsageError: as ``load`` does for the config and the file layout.
+        UsageError: as ``load`` does for the config, the file layout and a
+            missing, unexpected or wrongly shaped tensor.
     """
     opened = _open(path)
     with torch.device("meta"):
-        parameters = Transformer(opened.config).num_parameters()
+        model = Transformer(opened.config)
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    parameter_names = {name for name, _ in model.named_parameters()}
+    matched = _match_tensors(opened, shapes)
+    parameters = 0
+    for target, stored_names in matched.items():
+        # A rule may fill a buffer rather than a parameter, and a buffer is not counted.
+        if target in parameter_names:
+            parameters += sum(math.prod(opened.reader.shape(name)) for name in stored_names)
     names = opened.reader.names()
     dtype = resolve_dtype(None, opened.hf_config)
     dtype_name = str(dtype).removeprefix("torch.") if dtype else opened.reader.dtype(names[0])
