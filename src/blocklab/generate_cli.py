@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -58,6 +59,32 @@ class TextStream:
         return piece
 
 
+def fit_prompt(model_config, prompt_ids: Sequence[int], max_new_tokens: int) -> int:
+    """Check that a prompt fits the model and return how many new tokens can follow it.
+
+    With learned positions the prompt may fill the whole table (``max_seq_len``
+    tokens): its last position still predicts one new token. Each further token
+    is fed back at the next position, so ``max_seq_len - len(prompt) + 1`` new
+    tokens fit. A larger ``max_new_tokens`` is lowered to that with a warning.
+
+    Raises:
+        UsageError: when the prompt is longer than the position table.
+    """
+    limit, reason = length_limit(model_config)
+    if limit is None:
+        return max_new_tokens
+    if len(prompt_ids) > limit:
+        raise UsageError(
+            f"the prompt has {len(prompt_ids)} tokens but {reason}; use a prompt of at most {limit} tokens"
+        )
+    fits = limit - len(prompt_ids) + 1
+    if max_new_tokens > fits:
+        logger.warning("%s, so at most %d new tokens follow this %d-token prompt; generating %d",
+                       reason, fits, len(prompt_ids), fits)
+        return fits
+    return max_new_tokens
+
+
 def generate_text(
     model: torch.nn.Module,
     tokenizer,
@@ -75,22 +102,14 @@ def generate_text(
     An empty prompt starts from the end-of-text token, the separator the
     model saw between training documents. Generation stops at end-of-text or
     after ``max_new_tokens`` tokens; for learned positions it also stops at
-    the end of the position table.
+    the end of the position table (see ``fit_prompt``).
 
     Raises:
         UsageError: for invalid sampling settings or a prompt longer than the
             learned position table.
     """
     prompt_ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-    limit, reason = length_limit(model.config)
-    if limit is not None:
-        if len(prompt_ids) >= limit:
-            raise UsageError(
-                f"the prompt has {len(prompt_ids)} tokens but {reason}; use a shorter prompt"
-            )
-        if len(prompt_ids) + max_new_tokens > limit:
-            logger.warning("%s, so at most %d new tokens follow this prompt", reason, limit - len(prompt_ids))
-            max_new_tokens = limit - len(prompt_ids)
+    max_new_tokens = fit_prompt(model.config, prompt_ids, max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed)
     input_ids = torch.tensor([prompt_ids], device=device)
     stream = TextStream(tokenizer.decode)
@@ -116,7 +135,9 @@ def generate_text(
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run directory written by `blocklab train`")
     parser.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default %(default)s); with learned positions "
+                             "at most max_seq_len - prompt tokens + 1 follow, and a larger value is "
+                             "lowered to that with a warning")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sampling temperature; 0 (default) is greedy decoding")
     parser.add_argument("--top-k", type=int, help="sample only from the K most likely tokens")
@@ -132,21 +153,25 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens: invalid value {args.max_new_tokens}; expected an integer >= 0")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature: invalid value {args.temperature}; expected a number >= 0 (0 is greedy)")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature: invalid value {args.temperature}; expected a finite number >= 0 (0 is greedy)")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k: invalid value {args.top_k}; expected an integer >= 1")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # also rejects nan
         raise UsageError(f"--top-p: invalid value {args.top_p}; expected a number in (0, 1]")
     device = resolve_device(args.device)
     loaded = load_run(args.run_dir, step=args.step, device=device)
     if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
         logger.warning("--top-k and --top-p apply only when sampling; pass --temperature above 0")
+    # Check the prompt length before anything is printed, so an error is not
+    # appended to the echoed prompt.
+    prompt_ids = loaded.tokenizer.encode(args.prompt) or [loaded.tokenizer.eos_id]
+    max_new_tokens = fit_prompt(loaded.model_config, prompt_ids, args.max_new_tokens)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
     for piece in generate_text(
-        loaded.model, loaded.tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+        loaded.model, loaded.tokenizer, args.prompt, max_new_tokens=max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device,
     ):
         out.write(piece)

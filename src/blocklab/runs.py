@@ -12,6 +12,13 @@ A run directory contains::
         rng.safetensors       random number generator states
         state.json            step, optimizer hyperparameters, file sizes and hashes
 
+Files and directories are created with the usual modes (0644 and 0755 under
+a umask of 022), although they are first written under temporary names.
+
+While a run is written, ``lock_run_dir`` holds an exclusive ``flock`` on a
+hidden lock file next to the run directory (``.NAME.lock``), so a second
+process cannot write the same run at the same time.
+
 Nothing is pickled. A checkpoint is written into a hidden temporary directory
 next to the others, flushed to disk and then renamed to ``step_NNNNNN``, so a
 save interrupted at any point leaves the earlier checkpoints as they were. The
@@ -20,6 +27,9 @@ latest checkpoint is the step directory with the highest step.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +37,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +82,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it, so set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Give a file from mkstemp (0600) or a directory from mkdtemp (0700) the umask's default mode."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
+
+
+def _temporary_file(path: Path) -> tuple[int, str]:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        _public_mode(temporary)
+    except BaseException:
+        os.close(descriptor)
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return descriptor, temporary
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a synced temporary file and a rename."""
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = _temporary_file(path)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             json.dump(data, file, indent=2, sort_keys=False)
@@ -137,8 +170,9 @@ def require_run_dir(path: str | os.PathLike[str]) -> Path:
 def check_new_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> None:
     """Check that a new run may be written at ``path``; nothing is changed.
 
-    An absent path or an empty directory is fine. An existing run is fine only
-    with ``overwrite``. Anything else (a file, a directory with other content)
+    An absent path or an empty directory is fine. An existing run is fine with
+    ``overwrite``, or when it has no checkpoint after step 0 and no metrics
+    (a start that failed before its first step). Anything else (a file, a directory with other content)
     is never replaced, because it may be someone's data.
 
     Raises:
@@ -146,6 +180,7 @@ def check_new_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> None:
     """
     run_dir = Path(path)
     if not run_dir.exists():
+        _check_parents(run_dir)
         return
     if not run_dir.is_dir():
         raise UsageError(f"run directory {str(run_dir)!r} is an existing file; choose another path")
@@ -156,6 +191,9 @@ def check_new_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> None:
             f"run directory {str(run_dir)!r} exists and is not a blocklab run; "
             "choose another path (--overwrite only replaces runs)"
         )
+    if not overwrite and not has_trained_steps(run_dir):
+        logger.info("run %s has no trained step, so it is replaced", run_dir)
+        return
     if not overwrite:
         raise UsageError(
             f"run directory {str(run_dir)!r} already contains a run; pass --resume to continue it, "
@@ -163,11 +201,35 @@ def check_new_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> None:
         )
 
 
+def _check_parents(run_dir: Path) -> None:
+    for parent in run_dir.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(
+                    f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is a file, "
+                    "not a directory; choose another path"
+                )
+            return
+
+
+def has_trained_steps(run_dir: str | os.PathLike[str]) -> bool:
+    """True when the run has a checkpoint after step 0 or a metrics record."""
+    if any(step > 0 for step in list_checkpoints(run_dir)):
+        return True
+    metrics = Path(run_dir) / METRICS_FILE
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
 def create_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """Create an empty run directory, removing an existing run when ``overwrite``.
 
     The old run is first renamed to a hidden name next to it and deleted after
-    that, so the path never contains a mix of old and new files.
+    that, so the path never contains a mix of old and new files. The caller
+    should hold ``lock_run_dir``, so that no other process writes the run
+    between this check and the creation.
+
+    Raises:
+        UsageError: when the path is taken (see ``check_new_run_dir``).
     """
     check_new_run_dir(path, overwrite=overwrite)
     run_dir = Path(path)
@@ -179,6 +241,79 @@ def create_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
     return run_dir
+
+
+def _lock_path(run_dir: Path) -> Path:
+    run_dir = run_dir.absolute()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        owner = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+    return owner if owner.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def lock_run_dir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``path`` for the duration of the block.
+
+    The lock is an ``flock`` on ``.NAME.lock`` next to the directory, which
+    contains the holder's process id. The kernel releases it when the process
+    exits, however it exits, and the file is removed when the block ends.
+    Missing parent directories of ``path`` are created.
+
+    Raises:
+        UsageError: when another process holds the lock, or the lock file
+            cannot be created.
+    """
+    run_dir = Path(path)
+    _check_parents(run_dir)
+    lock_path = _lock_path(run_dir)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot create run directory {str(run_dir)!r}: {error.strerror}; choose another path"
+        ) from None
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise UsageError(
+                f"cannot create lock file {str(lock_path)!r} for run directory {str(run_dir)!r}: "
+                f"{error.strerror}; choose a writable location"
+            ) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise UsageError(
+                f"run directory {str(run_dir)!r} is in use by another blocklab process "
+                f"(pid {_lock_owner(lock_path)}); wait for it or choose another directory"
+            ) from None
+        # The previous holder may have removed the file between our open and
+        # flock; a lock on a removed file protects nothing, so open it again.
+        try:
+            same_file = os.path.samestat(os.fstat(descriptor), os.stat(lock_path))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+        yield
+    finally:
+        # Remove the file while still holding the lock, so that a waiting
+        # process that opened it sees a removed file and opens a new one.
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
 
 
 def read_run_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -320,6 +455,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:06d}.", suffix=".tmp"))
     try:
+        _public_mode(temporary, directory=True)
         files = {MODEL_FILE: _unshare(model)}
         groups: list[dict[str, Any]] = []
         if optimizer is not None:
@@ -465,7 +601,7 @@ def truncate_metrics(run_dir: str | os.PathLike[str], step: int) -> list[dict[st
     """
     kept = [record for record in read_metrics(run_dir) if record.get("step", 0) <= step]
     path = Path(run_dir) / METRICS_FILE
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = _temporary_file(path)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.writelines(json.dumps(record) + "\n" for record in kept)
         file.flush()

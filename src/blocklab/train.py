@@ -23,6 +23,7 @@ Library use (the ``compare`` command does this)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -65,6 +66,14 @@ logger = logging.getLogger(__name__)
 #: The model ``blocklab train`` builds when no preset or config file is given.
 DEFAULT_PRESET = "llama"
 
+#: Largest accepted learning rate. AdamW divides lr by the bias correction
+#: 1 - beta1**t and stores the result in float32; lr near the float32 maximum
+#: (3.4e38) overflows there.
+MAX_LR = 1e30
+
+#: Largest accepted seed: torch.manual_seed takes a 64-bit integer.
+MAX_SEED = 2**63 - 1
+
 #: Fields a resumed run may change: they affect speed and logging, not the data
 #: order or the optimisation.
 RUNTIME_FIELDS = frozenset({"compile", "fsdp", "device", "tensorboard", "log_every", "bf16"})
@@ -90,15 +99,17 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step; ``batch_size`` must be
             divisible by ``grad_accum`` times the number of processes.
         steps: optimizer steps; the cosine schedule ends here.
-        lr: peak learning rate.
+        lr: peak learning rate, at most ``MAX_LR``.
         warmup_steps: steps of linear warmup from lr / warmup_steps to lr.
+            When it exceeds ``steps`` the run never reaches lr, and
+            ``train`` logs a warning (the value is kept as given).
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
         weight_decay: AdamW decoupled weight decay, applied to matrices and
             embedding tables only (not to norms and biases).
         beta1, beta2, eps: AdamW moment coefficients and epsilon.
         grad_clip: maximum global gradient norm; 0 disables clipping.
         seed: seed of the weight initialisation, the batch order and the
-            train/validation split.
+            train/validation split, from 0 to ``MAX_SEED``.
         eval_every: steps between validation evaluations; 0 evaluates only at
             the end.
         eval_batches: validation batches of ``batch_size`` windows per
@@ -150,7 +161,9 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "seed"):
             _check_int(name, getattr(self, name), 0)
         _check_int("log_every", self.log_every, 1)
-        _check_number("lr", self.lr, low=0.0)
+        if self.seed > MAX_SEED:
+            _invalid("seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**63 - 1)")
+        _check_number("lr", self.lr, low=0.0, high=MAX_LR)
         _check_number("eps", self.eps, low=0.0)
         _check_number("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, low_open=False)
@@ -319,8 +332,10 @@ class TrainResult:
     Attributes:
         run_dir: the run directory.
         step: optimizer steps completed (including those before a resume).
-        status: ``completed``, ``stopped`` (reached ``stop_at_step``) or
-            ``interrupted`` (SIGINT or SIGTERM; a checkpoint was saved).
+        status: ``completed``, ``stopped`` (reached ``stop_at_step``),
+            ``interrupted`` (SIGINT or SIGTERM; a checkpoint was saved) or
+            ``finished`` (a resumed run was already at its last step or at
+            ``stop_at_step``, so no step ran and nothing was written).
         final_loss: training loss of the last step, None if no step ran.
         final_val_loss: validation loss at the last evaluation.
         best_val_loss: lowest validation loss of the run.
@@ -451,6 +466,41 @@ def _check_model_for_training(config: ModelConfig, train_config: TrainConfig) ->
         )
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _estimate_parameters(config: ModelConfig) -> int:
+    """Estimate the parameter count without building the model: 12 d^2 per block plus embeddings."""
+    d_model, layers, vocab = config.d_model, config.n_layers, config.vocab_size
+    return 12 * layers * d_model * d_model + 2 * vocab * d_model
+
+
+def _build_model(config: ModelConfig, device: torch.device) -> Transformer:
+    """Build the model on ``device``, turning a failed allocation into a UsageError."""
+    try:
+        return Transformer(config).to(device)
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, (MemoryError, torch.OutOfMemoryError)) and "alloc" not in str(error):
+            raise
+        raise UsageError(
+            f"cannot allocate the model on {device} (d_model {config.d_model}, n_layers {config.n_layers}, "
+            f"vocab_size {config.vocab_size}, about {_estimate_parameters(config):.2e} parameters); "
+            "lower d_model or n_layers"
+        ) from None
+
+
+def _load_run_tokenizer(run_dir: Path) -> Tokenizer:
+    directory = run_dir / runs.TOKENIZER_DIR
+    if not directory.is_dir() or not any(directory.iterdir()):
+        raise UsageError(
+            f"tokenizer directory {str(directory)!r} is missing or empty, so the run may be damaged; "
+            "restore it from a copy of the run or start a new run"
+        )
+    return load_tokenizer(directory)
+
+
 class _Trainer:
     """State of one ``train`` call; ``run`` is the loop."""
 
@@ -464,12 +514,39 @@ class _Trainer:
         self.progress = progress
         self.callbacks = list(callbacks)
         self.stop_at_step = stop_at_step
+        self.overwrite = overwrite
         self.context = distributed.init_distributed(config.device)
+        self._lock = contextlib.ExitStack()
         try:
+            self._lock_run_dir()
             self._setup(model_config, resume, overwrite, data)
         except BaseException:
-            distributed.shutdown(self.context)
+            self.close()
             raise
+
+    def close(self) -> None:
+        """Release the run directory lock and leave the process group."""
+        try:
+            self._lock.close()
+        finally:
+            distributed.shutdown(self.context)
+
+    def _lock_run_dir(self) -> None:
+        """Lock the run directory on rank 0 for the whole run.
+
+        Only rank 0 writes the run, so only it locks. Every rank then learns
+        whether the lock was taken, so no rank waits for a failed rank 0.
+        """
+        error = None
+        if self.context.is_main:
+            try:
+                self._lock.enter_context(runs.lock_run_dir(self.run_dir))
+            except UsageError as caught:
+                error = caught
+        if distributed.broadcast_flag(error is not None, self.context):
+            raise error or UsageError(
+                f"rank 0 could not lock run directory {str(self.run_dir)!r}; see its error message"
+            )
 
     # Setup ---------------------------------------------------------------------
 
@@ -477,7 +554,7 @@ class _Trainer:
         config, context = self.config, self.context
         if resume:
             record = runs.read_run_record(self.run_dir)
-            tokenizer = load_tokenizer(self.run_dir / runs.TOKENIZER_DIR)
+            tokenizer = _load_run_tokenizer(self.run_dir)
             checkpoint = runs.load_checkpoint(self.run_dir)
         else:
             runs.check_new_run_dir(self.run_dir, overwrite=overwrite)
@@ -496,6 +573,12 @@ class _Trainer:
             model_config = model_config.replace(vocab_size=data.tokenizer.vocab_size)
         _check_model_for_training(model_config, config)
         self.model_config = model_config
+        if not resume and config.warmup_steps > config.steps:
+            logger.warning(
+                "warmup_steps %d is more than steps %d, so the learning rate never reaches lr %g; "
+                "set warmup_steps to at most %d to reach it",
+                config.warmup_steps, config.steps, config.lr, config.steps,
+            )
 
         world = context.world_size * config.grad_accum
         if config.batch_size % world:
@@ -512,7 +595,7 @@ class _Trainer:
         ))
 
         torch.manual_seed(config.seed)
-        self.model = Transformer(model_config).to(context.device)
+        self.model = _build_model(model_config, context.device)
         self.num_parameters = self.model.num_parameters()
         self.wrapped = distributed.wrap_model(self.model, context, fsdp=config.fsdp)
         self.optimizer = torch.optim.AdamW(
@@ -545,7 +628,7 @@ class _Trainer:
             self._save(0)
 
     def _create_run(self) -> None:
-        runs.create_run_dir(self.run_dir, overwrite=True)
+        runs.create_run_dir(self.run_dir, overwrite=self.overwrite)
         self.data.tokenizer.save(self.run_dir / runs.TOKENIZER_DIR)
         import blocklab
 
@@ -606,7 +689,15 @@ class _Trainer:
                 f"(step {self.last_saved}) is kept in {str(self.run_dir)!r}; lower the learning rate "
                 "(--lr) or set grad_clip, then start again with --overwrite"
             )
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as error:
+            if "overflow" not in str(error):
+                raise
+            raise UsageError(
+                f"the update of step {step + 1} overflows float32 at learning rate {lr:g} "
+                f"({_first_line(error)}); lower --lr"
+            ) from None
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, grad_norm
 
@@ -651,6 +742,10 @@ class _Trainer:
     def run(self) -> TrainResult:
         config, context = self.config, self.context
         self.end_step = config.steps if self.stop_at_step is None else min(config.steps, self.stop_at_step)
+        if self.start_step >= self.end_step:
+            logger.info("run %s is already at step %d of %d; no step to train", self.run_dir, self.start_step,
+                        self.end_step)
+            return self._result(self.start_step, "finished", None, 0.0, 0)
         metrics = runs.MetricsLog(self.run_dir / runs.METRICS_FILE) if context.is_main else None
         board = self._tensorboard() if context.is_main else None
         bar = tqdm(
@@ -772,8 +867,11 @@ def train(
         run_dir: where the run is written (see ``blocklab.runs``).
         resume: continue the run in ``run_dir`` from its latest checkpoint. The
             configs recorded in the run are used as given here, so pass the
-            run's own (``load_run`` returns them).
-        overwrite: replace an existing run at ``run_dir``.
+            run's own (``load_run`` returns them). A run that reached its
+            ``steps`` cannot be extended, because the learning-rate schedule
+            ended there; resuming it trains no step.
+        overwrite: replace an existing run at ``run_dir``. Without it, only
+            a run with no trained step (a failed start) is replaced.
         progress: show a tqdm progress bar on rank 0.
         callbacks: called on rank 0 with each metrics record.
         stop_at_step: save and stop after this step while keeping the
@@ -785,9 +883,13 @@ def train(
         A TrainResult; on an interrupt (SIGINT or SIGTERM) the checkpoint is
         saved and the result's status is ``interrupted``.
 
+    While it runs, rank 0 holds ``runs.lock_run_dir`` on ``run_dir``.
+
     Raises:
         UsageError: for conflicting options, an existing run without
-            ``overwrite``, a missing or damaged run when resuming.
+            ``overwrite``, a run directory locked by another process, a
+            missing or damaged run when resuming, or a model too large to
+            allocate.
         DataError: for a missing or too short corpus.
         NonFiniteLossError: when the loss or gradient norm stops being finite;
             no checkpoint is written at that step.
@@ -803,7 +905,7 @@ def train(
     try:
         return trainer.run()
     finally:
-        distributed.shutdown(trainer.context)
+        trainer.close()
 
 
 # --- loading a run -----------------------------------------------------------------------
@@ -834,7 +936,7 @@ def load_run(
         train_config = TrainConfig.from_dict(record["train"])
     except ValueError as error:
         raise UsageError(f"run record {str(run_dir / runs.RUN_FILE)!r} has an invalid config: {error}") from None
-    tokenizer = load_tokenizer(run_dir / runs.TOKENIZER_DIR)
+    tokenizer = _load_run_tokenizer(run_dir)
     checkpoint = runs.load_checkpoint(run_dir, step, with_optimizer=False)
     model = Transformer(model_config)
     missing, unexpected = model.load_state_dict(checkpoint.model, strict=False)
@@ -927,6 +1029,8 @@ def apply_setting(model: dict[str, Any], train_: dict[str, Any], key: str, value
 
 def _read_toml(path: str) -> dict[str, Any]:
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"config file {path!r} is a directory; pass a TOML file with [model] and [train] tables")
     if not file.is_file():
         raise UsageError(f"config file not found: {path!r}; pass a TOML file with [model] and [train] tables")
     try:
@@ -963,10 +1067,12 @@ def resolve_configs(
     defaults), the preset (``--preset``, else ``preset`` in the file's
     [model] table), the TOML file's [model] and [train] tables, the
     ``--set KEY=VALUE`` settings, and ``flags`` (train fields from dedicated
-    options such as --steps).
+    options such as --steps). A flag must not set a field to another value
+    than the file or a setting does.
 
     Raises:
-        UsageError: for an unknown preset, field or table, or an invalid value.
+        UsageError: for an unknown preset, field or table, an invalid value,
+            or a flag that conflicts with the file or a setting.
     """
     file_data = _read_toml(config_file) if config_file else {}
     file_model = dict(file_data.get("model", {}))
@@ -983,16 +1089,28 @@ def resolve_configs(
     train_ = base[1].to_dict() if base is not None else TrainConfig().to_dict()
 
     _merge(model, file_model, f"config file {config_file!r}", "model.")
+    # The source of each train field set by the file or --set, for conflict messages.
+    train_sources: dict[str, str] = {}
     for key, value in file_train.items():
         apply_setting(model, train_, f"train.{key}", value, f"config file {config_file!r}")
+        train_sources[key] = f"{key} = {json.dumps(value)} in config file {config_file!r}"
     for setting in settings:
         key, separator, text = setting.partition("=")
         if not separator or not key.strip():
             raise UsageError(f"--set {setting!r}: expected KEY=VALUE, for example --set d_model=256")
+        before = dict(train_)
         apply_setting(model, train_, key.strip(), parse_value(text.strip()), f"--set {setting}")
+        for name in train_:
+            if train_[name] != before[name] or key.strip() in (name, f"train.{name}"):
+                train_sources[name] = f"--set {setting}"
     for key, value in (flags or {}).items():
-        if value is not None:
-            train_[key] = value
+        if value is None:
+            continue
+        if key in train_sources and train_[key] != value:
+            flag = "--" + key.replace("_", "-")
+            shown = flag if value is True else f"{flag} {value}"
+            raise UsageError(f"{shown} conflicts with {train_sources[key]}; pass one")
+        train_[key] = value
 
     try:
         model_config = ModelConfig.from_dict(model)
@@ -1066,7 +1184,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="under torchrun, shard the model with FSDP2 instead of DDP")
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write TensorBoard events to RUN_DIR/tensorboard")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR from its latest checkpoint; a run that reached "
+                             "its --steps is finished and cannot be extended")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in RUN_DIR")
     parser.add_argument("--stop-at-step", type=int, metavar="STEP",
                         help="save and stop after STEP steps, keeping the full schedule; continue with --resume")
@@ -1112,6 +1232,17 @@ def _configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConf
     return recorded[0], recorded[1].replace(**runtime)
 
 
+def _print_nothing_to_do(run_dir: str, step: int, steps: int, stop_at_step: int | None) -> None:
+    if step >= steps:
+        print(
+            f"run {run_dir} already finished at step {step} of {steps}; nothing to do "
+            "(a finished run cannot be extended: start a new run with more --steps)"
+        )
+    else:
+        print(f"run {run_dir} is already at step {step} of {steps}, which reaches "
+              f"--stop-at-step {stop_at_step}; nothing to do")
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.list_fields:
         print(_list_fields())
@@ -1120,6 +1251,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError("missing RUN_DIR; pass the directory to write the run to, e.g. blocklab train runs/first")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite conflict: --resume continues a run, --overwrite replaces it")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise UsageError(f"--stop-at-step: invalid value {args.stop_at_step}; expected a step >= 1")
     model_config, train_config = _configs_from_args(args)
     try:
         result = train(
@@ -1130,6 +1263,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"blocklab train: error: {error}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":
+        return 0
+    if result.status == "finished":
+        _print_nothing_to_do(args.run_dir, result.step, train_config.steps, args.stop_at_step)
         return 0
     val = f"{result.final_val_loss:.4f}" if result.final_val_loss is not None else "n/a"
     print(

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 
 import pytest
+import torch
 
 from blocklab import runs
+from blocklab import train as train_module
 from blocklab.cli import main
+from blocklab.errors import UsageError
 from blocklab.train import parse_value, resolve_configs
 
 TINY = ["--set", "d_model=32", "--set", "n_layers=2", "--set", "n_heads=2", "--seq-len", "32",
@@ -60,14 +66,15 @@ def test_config_layers(tmp_path):
     )
     model, train_config = resolve_configs(
         config_file=str(config), settings=["n_heads=8", "train.lr=0.02", "rope.theta=500000"],
-        flags={"steps": 9, "seed": None},
+        flags={"batch_size": 9, "seed": None},
     )
     assert model.position == "learned"
     assert model.d_model == 64
     assert model.n_heads == 8
     assert model.rope.theta == 500000
     assert train_config.lr == 0.02
-    assert train_config.steps == 9
+    assert train_config.steps == 7
+    assert train_config.batch_size == 9
     assert train_config.seed == 0
 
 
@@ -116,6 +123,13 @@ def test_resume_without_changes_continues(tmp_path, corpus_file, capsys):
         (lambda d, c: ["--data", c, "--preset", "bert"], "needs a causal model"),
         (lambda d, c: ["--data", c, "--tokenizer", "bpe:x"], "invalid BPE vocabulary size"),
         (lambda d, c: ["--data", c, "--batch-size", "6", "--grad-accum", "4"], "must be divisible"),
+        (lambda d, c: ["--data", c, "--lr", "1e300"], "TrainConfig.lr: invalid value 1e+300"),
+        (lambda d, c: ["--data", c, "--seed", "99999999999999999999"], "TrainConfig.seed: invalid value"),
+        # 10**12 floats per embedding row exceed any address space, so the allocation fails at once.
+        (lambda d, c: ["--data", c, "--set", "d_model=1000000000000"], "cannot allocate the model"),
+        (lambda d, c: ["--data", c, "--steps", "2", "--set", "steps=3"], "--steps 2 conflicts with --set steps=3"),
+        (lambda d, c: ["--data", c, "--config", str(d)], "is a directory"),
+        (lambda d, c: ["--data", c, "--stop-at-step", "0"], "--stop-at-step: invalid value 0"),
     ],
 )
 def test_train_bad_input(tmp_path, corpus_file, capsys, make_args, message):
@@ -184,8 +198,166 @@ def test_eval_bad_input(trained_run, capsys, args, message):
         (["--temperature", "-1"], "--temperature: invalid value -1.0"),
         (["--top-p", "1.5"], "--top-p: invalid value 1.5"),
         (["--top-k", "0"], "--top-k: invalid value 0"),
+        (["--temperature", "nan"], "--temperature: invalid value nan"),
+        (["--temperature", "inf"], "--temperature: invalid value inf"),
     ],
 )
 def test_generate_bad_input(trained_run, capsys, args, message):
     assert main(["generate", str(trained_run), *args]) == 2
     assert message in error_line(capsys)
+
+
+def test_run_dir_lock_rejects_second_process(tmp_path, trained_run, corpus_file, capsys):
+    run_dir = tmp_path / "run"
+    with runs.lock_run_dir(run_dir):
+        assert main(["train", str(run_dir), "--data", corpus_file, "--steps", "1", *TINY]) == 2
+        line = error_line(capsys)
+        assert f"is in use by another blocklab process (pid {os.getpid()})" in line
+        assert not run_dir.exists()
+    with runs.lock_run_dir(trained_run):
+        before = snapshot(trained_run)
+        assert main(["train", str(trained_run), "--resume", "--no-progress", "--stop-at-step", "1"]) == 2
+        assert "is in use by another blocklab process" in error_line(capsys)
+        assert snapshot(trained_run) == before
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_run_dir_lock_released_after_error(tmp_path, corpus_file, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(run_dir), "--data", str(tmp_path / "missing.txt"), *TINY]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / ".run.lock").exists()
+    with runs.lock_run_dir(run_dir):
+        pass
+
+
+def test_run_created_meanwhile_is_kept(tmp_path, trained_run, corpus_file, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    build = train_module._build_model
+
+    def build_after_another_run_appears(*args, **kwargs):
+        shutil.copytree(trained_run, run_dir)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_build_model", build_after_another_run_appears)
+    assert main(["train", str(run_dir), "--data", corpus_file, "--steps", "1", *TINY]) == 2
+    assert "already contains a run" in error_line(capsys)
+    assert snapshot(run_dir).keys() == {run_dir / p.relative_to(trained_run) for p in snapshot(trained_run)}
+
+
+def test_failed_first_step_can_be_rerun(tmp_path, corpus_file, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", str(run_dir), "--data", corpus_file, "--steps", "1", *TINY]
+
+    real_step = torch.optim.AdamW.step
+    calls = []
+
+    def overflow_in_training(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the state initialisation of the step-0 checkpoint
+            return real_step(self, *args, **kwargs)
+        raise RuntimeError("value cannot be converted to type float without overflow")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", overflow_in_training)
+        assert main(args) == 2
+    assert "lower --lr" in error_line(capsys)
+    assert runs.list_checkpoints(run_dir) == [0]
+    assert main(args) == 0
+    assert runs.list_checkpoints(run_dir)[-1] == 1
+
+
+def test_warmup_longer_than_run_warns(tmp_path, corpus_file, caplog):
+    with caplog.at_level(logging.WARNING, logger="blocklab.train"):
+        assert main(["train", str(tmp_path / "run"), "--data", corpus_file, "--steps", "1", *TINY]) == 0
+    warnings = [record.getMessage() for record in caplog.records if "warmup_steps" in record.getMessage()]
+    assert warnings == ["warmup_steps 50 is more than steps 1, so the learning rate never reaches lr 0.003; "
+                        "set warmup_steps to at most 1 to reach it"]
+
+
+def test_flag_conflicts_with_config(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nsteps = 7\nseed = 1\n")
+    with pytest.raises(UsageError, match="--steps 9 conflicts with steps = 7 in config file"):
+        resolve_configs(config_file=str(config), flags={"steps": 9})
+    with pytest.raises(UsageError, match="--bf16 conflicts with --set bf16=false; pass one"):
+        resolve_configs(settings=["bf16=false"], flags={"bf16": True})
+    _, same = resolve_configs(config_file=str(config), settings=["train.seed=1"], flags={"steps": 7, "seed": 1})
+    assert same.steps == 7
+    assert same.seed == 1
+
+
+def test_run_dir_under_a_file(tmp_path, corpus_file, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    assert main(["train", str(blocker / "run"), "--data", corpus_file, *TINY]) == 2
+    line = error_line(capsys)
+    assert f"{str(blocker)!r} is a file, not a directory" in line
+    assert "Errno" not in line
+    assert blocker.read_text() == "mine"
+
+
+def test_missing_tokenizer_message(tmp_path, trained_run, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    shutil.rmtree(run_dir / runs.TOKENIZER_DIR)
+    for args in (["generate", str(run_dir)], ["train", str(run_dir), "--resume", "--stop-at-step", "1"]):
+        assert main(args) == 2
+        line = error_line(capsys)
+        assert "is missing or empty, so the run may be damaged" in line
+        assert "Tokenizer.save" not in line
+
+
+def test_resume_of_finished_run_prints_note(tmp_path, trained_run, corpus_file, capsys):
+    capsys.readouterr()
+    before = snapshot(trained_run)
+    assert main(["train", str(trained_run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {trained_run} already finished at step 2 of 2; nothing to do" in out
+    assert "tokens/s" not in out
+    assert snapshot(trained_run) == before
+
+    stopped = tmp_path / "stopped"
+    assert main(["train", str(stopped), "--data", corpus_file, "--steps", "3", "--stop-at-step", "1", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train", str(stopped), "--resume", "--stop-at-step", "1"]) == 0
+    assert "is already at step 1 of 3, which reaches --stop-at-step 1; nothing to do" in capsys.readouterr().out
+
+
+def test_run_files_have_default_modes(trained_run):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    checkpoint = runs.checkpoint_dir(trained_run, 2)
+    for path in (trained_run / runs.RUN_FILE, checkpoint / runs.STATE_FILE, trained_run / runs.METRICS_FILE):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert checkpoint.stat().st_mode & 0o777 == 0o777 & ~umask
+    runs.truncate_metrics(trained_run, 2)
+    assert (trained_run / runs.METRICS_FILE).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory, corpus_file):
+    run_dir = tmp_path_factory.mktemp("runs") / "learned"
+    args = ["train", str(run_dir), "--data", corpus_file, "--steps", "1", "--preset", "gpt2",
+            "--set", "max_seq_len=32", *TINY]
+    assert main(args) == 0
+    return run_dir
+
+
+def test_generate_prompt_too_long_prints_nothing(learned_run, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(learned_run), "--prompt", "a" * 33]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == ("blocklab generate: error: the prompt has 33 tokens but learned positions "
+                                    "stop at 32; use a prompt of at most 32 tokens")
+
+
+def test_generate_prompt_filling_positions(learned_run, capsys, caplog):
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="blocklab.generate_cli"):
+        assert main(["generate", str(learned_run), "--prompt", "a" * 32, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("a" * 32)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == ["learned positions stop at 32, so at most 1 new tokens follow this 32-token prompt; "
+                        "generating 1"]

@@ -107,5 +107,5 @@ def test_generation_greedy_and_seeded(learned_run):
 def test_generation_stops_at_learned_table(learned_run, caplog):
     model, tokenizer, *_ = load_run(learned_run)
     text = "".join(generate_text(model, tokenizer, "x" * 60, max_new_tokens=50, temperature=1.0, seed=0))
-    assert len(text) <= 4  # at most one character per byte token
+    assert len(text) <= 5  # 64 - 60 + 1 tokens fit, at most one character per byte token
     assert "learned positions stop at 64" in caplog.text
