@@ -238,3 +238,21 @@ def test_interrupt_then_resume(tmp_path):
     assert finished.returncode == 0, finished.stderr
     result = json.loads((out / "runs" / "none-seed0" / "result.json").read_text())
     assert result["steps"] == 60
+
+
+@pytest.mark.slow
+def test_residual_study_reports_grad_norms(tmp_path):
+    out = tmp_path / "residual"
+    code = cli.main(["compare", str(out), "--quick", "--no-progress", "--vary", "residual=post,pre",
+                     "--steps", "6"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [v["label"] for v in results["variants"]] == ["post", "post, no warmup", "pre", "pre, no warmup"]
+    assert results["train"]["steps"] == 6
+    for variant in results["variants"]:
+        assert len(variant["init_layer_grad_norms"]) == results["model"]["n_layers"]
+        assert all(norm > 0 for norm in variant["init_layer_grad_norms"])
+        assert variant["train_layer_grad_norms"] is not None
+    report = (out / "report.md").read_text()
+    assert "## Gradient norms per block" in report
+    assert (out / "layer_grad_norms.png").stat().st_size > 0

@@ -180,10 +180,14 @@ def build_plan(
     user_sets_table = field_name == "max_seq_len" or any(
         _setting_field(setting) == "max_seq_len" for setting in settings
     )
-    base_settings = [f"{key}={json.dumps(value)}" for key, value in profile["model"].items()]
-    base_settings += [f"train.{key}={json.dumps(value)}" for key, value in profile["train"].items()]
+    # The profile is the base layer, so --set and flags such as --steps override it.
+    try:
+        base_model = ModelConfig.preset(preset or "llama", **profile["model"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    base_train = TrainConfig(**profile["train"])
     model_config, train_config = resolve_configs(
-        preset=preset or "llama", settings=base_settings + list(settings), flags=flags,
+        settings=list(settings), flags=flags, base=(base_model, base_train),
     )
     if vocab_size is not None:
         model_config = model_config.replace(vocab_size=vocab_size)
