@@ -40,7 +40,6 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import platform
 import statistics

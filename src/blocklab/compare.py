@@ -262,8 +262,6 @@ def _check_conflicts(field_name: str, settings: list[str], flags: dict[str, Any]
 def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: list[int],
              eval_max_windows: int, eval_batch_size: int, messages: Any) -> None:
     """Train and evaluate one arm; runs in a spawned child process."""
-    import torch
-
     from blocklab.evaluate import evaluate_lengths
     from blocklab.model import Transformer
     from blocklab.train import TrainConfig, layer_grad_norms, prepare_data, train
