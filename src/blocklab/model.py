@@ -168,7 +168,10 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"input_ids: invalid shape {tuple(input_ids.shape)}; expected (batch, length)"
             )
-        if input_ids.numel():
+        # Reading the ids' range back to Python breaks a torch.compile graph, so
+        # compiled runs skip it (an id outside the vocabulary then fails in the
+        # embedding lookup instead).
+        if input_ids.numel() and not torch.compiler.is_compiling():
             # One pass for both bounds: decoding runs this check at every step.
             low, high = (int(value) for value in torch.aminmax(input_ids))
             if low < 0 or high >= self.config.vocab_size:
@@ -247,7 +250,8 @@ class Transformer(nn.Module):
             key_mask, key_positions = cache.append_tokens(mask, position_ids)  # (B, S)
         else:
             key_mask, key_positions = mask, position_ids
-        any_padding = not bool(key_mask.all())
+        # Without a mask or a cache there is no padding, and no host sync to find out.
+        any_padding = False if attention_mask is None and cache is None else not bool(key_mask.all())
 
         bias = self.score_bias(position_ids, key_positions) if self.score_bias is not None else None
         rope = self.rotary(position_ids) if self.rotary is not None else None
