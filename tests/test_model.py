@@ -294,3 +294,13 @@ def test_rejects_mask_shape(tiny_model):
 def test_rejects_flat_input(tiny_model):
     with pytest.raises(ValueError, match="input_ids: invalid shape"):
         tiny_model()(torch.tensor([1, 2, 3]))
+
+
+def test_forward_traces_without_graph_breaks():
+    import torch._dynamo
+
+    config = bl.ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2)
+    model = bl.Transformer(config)
+    ids = torch.randint(0, 50, (2, 8))
+    explanation = torch._dynamo.explain(model)(ids)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
