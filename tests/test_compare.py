@@ -256,3 +256,12 @@ def test_residual_study_reports_grad_norms(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Gradient norms per block" in report
     assert (out / "layer_grad_norms.png").stat().st_size > 0
+
+
+def test_learned_table_shorter_than_seq_len(tmp_path, capsys):
+    code = cli.main(["compare", str(tmp_path / "out"), "--quick", "--vary", "position=learned,rope",
+                     "--set", "max_seq_len=16"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "longer than the learned position table" in err
+    assert not (tmp_path / "out").exists()

@@ -166,6 +166,7 @@ def build_plan(
         UsageError: for an unknown field, an invalid value of it, or bad flags.
     """
     from blocklab.train import TrainConfig, apply_setting, resolve_configs
+    from blocklab.train import _check_model_for_training as check_trainable
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"--seeds: invalid value {seeds!r}; expected an integer >= 1")
@@ -206,6 +207,7 @@ def build_plan(
                 model_dict["max_seq_len"] = train_dict["seq_len"]
             arm_model = ModelConfig.from_dict(model_dict)
             arm_train = TrainConfig.from_dict(train_dict)
+            check_trainable(arm_model, arm_train)
         except ValueError as error:
             message = str(error)
             raise UsageError(message if message.startswith("--vary") else f"{where}: {message}") from None

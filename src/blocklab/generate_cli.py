@@ -159,6 +159,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k: invalid value {args.top_k}; expected an integer >= 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:  # also rejects nan
         raise UsageError(f"--top-p: invalid value {args.top_p}; expected a number in (0, 1]")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed: invalid value {args.seed}; expected an integer from 0 to 2**63 - 1")
     device = resolve_device(args.device)
     loaded = load_run(args.run_dir, step=args.step, device=device)
     if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:

@@ -109,3 +109,13 @@ def test_generation_stops_at_learned_table(learned_run, caplog):
     text = "".join(generate_text(model, tokenizer, "x" * 60, max_new_tokens=50, temperature=1.0, seed=0))
     assert len(text) <= 5  # 64 - 60 + 1 tokens fit, at most one character per byte token
     assert "learned positions stop at 64" in caplog.text
+
+
+def test_generate_rejects_huge_seed(capsys):
+    from blocklab import cli
+
+    code = cli.main(["generate", "no-such-run", "--seed", "99999999999999999999"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "--seed" in captured.err
+    assert captured.out == ""
