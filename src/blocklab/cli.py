@@ -71,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"blocklab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as error:
+        # A failed allocation is the size the user asked for, not a bug: say so
+        # in one line. Any other RuntimeError is a bug and keeps its traceback.
+        text = str(error)
+        if not isinstance(error, MemoryError) and "allocate" not in text:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        detail = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        print(
+            f"blocklab {args.command}: error: out of memory ({detail}); "
+            "use smaller sizes such as --batch-size, --seq-len or d_model",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"blocklab {args.command}: interrupted", file=sys.stderr)
         return 130

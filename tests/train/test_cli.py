@@ -361,3 +361,14 @@ def test_generate_prompt_filling_positions(learned_run, capsys, caplog):
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == ["learned positions stop at 32, so at most 1 new tokens follow this 32-token prompt; "
                         "generating 1"]
+
+
+def test_train_out_of_memory_one_line(tmp_path, capsys):
+    from blocklab import cli
+
+    code = cli.main(["train", str(tmp_path / "run"), "--steps", "2", "--set", "d_model=32", "--set",
+                     "n_layers=1", "--seq-len", "32", "--batch-size", "100000000000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "out of memory" in err
+    assert "Traceback" not in err
