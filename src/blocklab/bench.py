@@ -1172,10 +1172,16 @@ def _command_line(args: argparse.Namespace) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """Run the selected benchmarks, print the table and write the JSON record."""
     names = _selected(args.only)
+    # --quick lowers the repetitions unless they are given; None keeps each
+    # benchmark's own default.
+    reps, warmup = args.reps, args.warmup
+    if args.quick:
+        reps = 3 if reps is None else reps
+        warmup = 1 if warmup is None else warmup
     settings = BenchSettings(
         quick=args.quick,
-        reps=args.reps if args.reps is not None else (3 if args.quick else None),
-        warmup=args.warmup if args.warmup is not None else (1 if args.quick else None),
+        reps=reps,
+        warmup=warmup,
         compile=args.compile,
         device=args.device,
         seed=args.seed,

@@ -379,7 +379,7 @@ def _check_output(out: Path, plan: StudyPlan, overwrite: bool) -> None:
     study_file = out / STUDY_FILE
     if out.is_dir() and any(out.iterdir()) and not study_file.is_file():
         raise UsageError(
-            f"output directory {str(out)!r} is not empty and holds no {STUDY_FILE}; "
+            f"output directory {str(out)!r} is not empty and contains no {STUDY_FILE}; "
             "pass a new or empty directory so nothing in it is overwritten"
         )
     if study_file.is_file() and not overwrite:
@@ -389,7 +389,7 @@ def _check_output(out: Path, plan: StudyPlan, overwrite: bool) -> None:
             raise UsageError(f"cannot read {str(study_file)!r}: {error}; pass another output directory") from None
         if recorded != json.loads(json.dumps(plan.to_dict())):
             raise UsageError(
-                f"{str(out)!r} holds a different study (its {STUDY_FILE} differs from these options); "
+                f"{str(out)!r} contains a different study (its {STUDY_FILE} differs from these options); "
                 "pass another output directory, the same options to resume it, or --overwrite to replace it"
             )
 
@@ -402,7 +402,7 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, progress: bool = 
         The results dictionary also written to results.json.
 
     Raises:
-        UsageError: for an output path that is a file or holds another study.
+        UsageError: for an output path that is a file or contains another study.
         RuntimeError: when an arm fails; finished arms are kept.
     """
     from blocklab import report

@@ -219,7 +219,8 @@ class ModelConfig:
         tie_embeddings: the output head shares the token embedding matrix.
         lm_head: build an output head; an encoder used only for its hidden
             states can drop it.
-        type_vocab_size: token-type (segment) embeddings, as in BERT; 0 is none.
+        type_vocab_size: number of token-type (segment) embeddings, as in
+            BERT. 0 means the model has none.
         pooler: a tanh pooler over the first token, as in BERT.
         dropout: dropout on embeddings and on each sublayer's output.
         attn_dropout: dropout on attention probabilities.
