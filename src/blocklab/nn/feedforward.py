@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from blocklab.config import FFNS, GATED_ACTIVATIONS
+from blocklab.nn import kernels
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,20 @@ GATED_BACKWARDS = {
 }
 
 
+def _fusable(activation: str, gate: torch.Tensor, up: torch.Tensor) -> bool:
+    """Return True when the compiled SwiGLU kernel can compute act(gate) * up."""
+    return (
+        activation == "swiglu" and gate.shape == up.shape and gate.is_contiguous() and up.is_contiguous()
+        and kernels.usable(gate, up)
+    )
+
+
+def _gated_forward(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    if _fusable(activation, gate, up):
+        return kernels.swiglu_forward(gate, up)
+    return ACTIVATIONS[activation](gate).mul_(up)
+
+
 class _GatedActivationFunction(torch.autograd.Function):
     """act(gate) * up that saves only gate and up, (..., F) each.
 
@@ -73,12 +88,17 @@ class _GatedActivationFunction(torch.autograd.Function):
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
         ctx.activation = activation
-        return ACTIVATIONS[activation](gate).mul_(up)
+        return _gated_forward(gate, up, activation)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         gate, up = ctx.saved_tensors
+        if _fusable(ctx.activation, gate, up):
+            grad_gate, grad_up = kernels.swiglu_backward(
+                grad.contiguous(), gate, up, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            )
+            return grad_gate, grad_up, None
         grad_gate = grad_up = None
         if ctx.needs_input_grad[0]:
             grad_gate = GATED_BACKWARDS[ctx.activation](grad * up, gate)
@@ -126,7 +146,7 @@ class FeedForward(nn.Module):
             if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
                 hidden = _GatedActivationFunction.apply(gate, up, self.activation)
             else:
-                hidden = self.act(gate).mul_(up)
+                hidden = _gated_forward(gate, up, self.activation)
         else:
             hidden = self.act(self.up(x))  # (B, T, F)
         return self.down(self.dropout(hidden))

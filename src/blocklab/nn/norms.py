@@ -18,6 +18,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from blocklab.nn import kernels
+
 
 class LayerNorm(nn.Module):
     """Layer normalization (Ba et al. 2016): (x - mean) / sqrt(var + eps) * g + b.
@@ -44,6 +46,8 @@ class LayerNorm(nn.Module):
 
 def _rms_norm_float32(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Return RMSNorm(x) * gain and rstd (..., 1) for float32 x and gain."""
+    if x.is_contiguous() and kernels.usable(x, gain):
+        return kernels.rms_norm_forward(x, gain.contiguous(), eps, want_rstd=True)
     # mean(x^2) as ||x||^2 / C: one reduction kernel instead of pow and mean.
     rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
     rstd = rstd.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
@@ -54,7 +58,8 @@ class _RMSNormFunction(torch.autograd.Function):
     """RMSNorm y = x * rstd * g of float32 x and g, with a fused backward.
 
     The forward saves only x and the per-row rstd = 1 / sqrt(mean(x^2) + eps).
-    The backward runs PyTorch's fused LayerNorm backward kernel with a zero
+    With the compiled kernels (blocklab.nn.kernels) both directions are one
+    pass per row. Without them the backward runs PyTorch's fused LayerNorm backward kernel with a zero
     mean. That kernel returns the gain gradient sum(dy * x * rstd), which is
     RMSNorm's too, and the input gradient rstd * (dy g - mean(dy g) - xhat
     mean(dy g xhat)). RMSNorm's input gradient lacks the -mean(dy g) term,
@@ -74,6 +79,9 @@ class _RMSNormFunction(torch.autograd.Function):
         width = x.shape[-1]
         need_x, need_gain = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = grad.contiguous()
+        if x.is_contiguous() and kernels.usable(x, gain, grad):
+            grad_x, grad_gain = kernels.rms_norm_backward(grad, x, gain.contiguous(), rstd, need_x, need_gain)
+            return grad_x, grad_gain, None
         grad_x, grad_gain, _ = torch.ops.aten.native_layer_norm_backward(
             grad, x, [width], torch.zeros_like(rstd), rstd, gain, None, [need_x, need_gain, False],
         )

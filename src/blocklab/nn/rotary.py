@@ -25,6 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from blocklab.config import RopeScaling
+from blocklab.nn import kernels
 
 
 def inverse_frequencies(dim: int, theta: float) -> torch.Tensor:
@@ -140,8 +141,11 @@ def _rotate(
     """Rotate float32 x (B, H, T, D) by the angles of cos, sin (B, T, R/2), or by their negatives.
 
     Each half of the output is written in place, so no concatenated copies of
-    x or of cos and sin are made.
+    x or of cos and sin are made. The compiled kernel, when available, does the
+    whole rotation in one pass.
     """
+    if kernels.usable(x, cos, sin):
+        return kernels.rope(x, cos, sin, interleaved, inverse)
     half = cos.shape[-1]
     cos = cos[:, None]  # (B, 1, T, R/2)
     sin = sin[:, None]
