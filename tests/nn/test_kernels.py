@@ -150,7 +150,9 @@ def test_swiglu_extreme_and_nan_inputs():
 
 def run_with_and_without_kernels(monkeypatch, build_and_run):
     with_kernels = build_and_run()
-    monkeypatch.setenv("BLOCKLAB_KERNELS", "0")
+    # What load() leaves behind when BLOCKLAB_KERNELS=0 or the build failed.
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_loaded", True)
     assert not kernels.usable(torch.zeros(1))
     without = build_and_run()
     return with_kernels, without
@@ -219,6 +221,16 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path, caplog)
     x = torch.randn(2, 3, 8)
     assert_close(RMSNorm(dim=8)(x).double(), rms_reference(x.double(), torch.ones(8, dtype=torch.float64), 1e-6))
     assert list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_environment_switch_disables(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("BLOCKLAB_KERNELS", "0")
+    assert kernels.load() is None
+    assert not kernels.usable(torch.zeros(4))
+    assert not (tmp_path / "kernels").exists()
 
 
 def test_build_caches_library_file(monkeypatch, tmp_path):

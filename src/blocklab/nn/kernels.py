@@ -126,37 +126,41 @@ def _build() -> ctypes.CDLL:
 def load() -> ctypes.CDLL | None:
     """Return the compiled kernel library, building it on the first call, or None when unavailable.
 
-    A failed build is logged once as a warning and not retried in this process.
+    ``BLOCKLAB_KERNELS`` is read on the first call only. A failed build is
+    logged once as a warning and not retried in this process.
     """
     global _library, _loaded
-    if not enabled():
-        return None
     if _loaded:
         return _library
     with _lock:
         if not _loaded:
-            try:
-                _library = _build()
-            except OSError as error:
-                logger.warning(
-                    "fused CPU kernels unavailable, using PyTorch operators instead (%s); "
-                    "set BLOCKLAB_KERNELS=0 to skip the build", error,
-                )
-                _library = None
+            _library = _build_or_warn() if enabled() else None
             _loaded = True
     return _library
+
+
+def _build_or_warn() -> ctypes.CDLL | None:
+    try:
+        return _build()
+    except OSError as error:
+        logger.warning(
+            "fused CPU kernels unavailable, using PyTorch operators instead (%s); "
+            "set BLOCKLAB_KERNELS=0 to skip the build", error,
+        )
+        return None
 
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Return True when the kernels can take these tensors: float32 on the CPU, last dim contiguous.
 
     Always False while torch.compile traces, because it cannot trace a ctypes
-    call, and it fuses the PyTorch path itself.
+    call, and it fuses the PyTorch path itself. Decoding calls this for every
+    norm of every token, so it is kept to a few attribute reads.
     """
-    if torch.compiler.is_compiling():
+    if (_library is None and _loaded) or torch.compiler.is_compiling():
         return False
     for tensor in tensors:
-        if tensor.device.type != "cpu" or tensor.dtype != torch.float32:
+        if not tensor.is_cpu or tensor.dtype != torch.float32:
             return False
         if tensor.dim() and tensor.stride(-1) != 1 and tensor.shape[-1] > 1:
             return False

@@ -134,8 +134,11 @@ class RMSNorm(nn.Module):
             # In float32 both cast orders are the same computation.
             if torch.is_grad_enabled() and (x.requires_grad or gain.requires_grad):
                 out = _RMSNormFunction.apply(x, gain, self.eps)
+            elif x.is_contiguous() and gain.is_contiguous() and kernels.usable(x, gain):
+                # Inference: no autograd.Function and no rstd, which decoding notices.
+                out = kernels.rms_norm_forward(x, gain, self.eps, want_rstd=False)[0]
             else:
-                out = _rms_norm_float32(x, gain, self.eps)[0]  # skips the autograd.Function overhead
+                out = _rms_norm_float32(x, gain, self.eps)[0]
             return out if self.bias is None else out + self.bias
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
