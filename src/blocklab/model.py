@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from blocklab.config import ModelConfig
 from blocklab.nn.attention import Attention
@@ -28,6 +29,7 @@ from blocklab.nn.bias import ALiBi, RelativePositionBias, T5RelativePositionBias
 from blocklab.nn.block import TransformerBlock
 from blocklab.nn.cache import KVCache
 from blocklab.nn.feedforward import FeedForward
+from blocklab.nn.loss import IGNORE_INDEX, linear_cross_entropy
 from blocklab.nn.norms import build_norm
 from blocklab.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from blocklab.nn.rotary import RotaryEmbedding
@@ -38,16 +40,19 @@ class ModelOutput:
     """The result of a forward pass.
 
     Attributes:
-        logits: (B, T, V) float, or None when the model has no output head.
+        logits: (B, T, V) float, or None when the model has no output head or
+            when ``targets`` were given and the loss was computed without them.
         hidden_states: (B, T, C), the last block's output after the final norm.
         cache: the KVCache to continue from, or None unless requested.
         pooled: (B, C) tanh pooler output over the first token, or None.
+        loss: mean cross-entropy over the targets, or None without targets.
     """
 
     logits: torch.Tensor | None
     hidden_states: torch.Tensor
     cache: KVCache | None = None
     pooled: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
 
 
 def build_block(config: ModelConfig) -> TransformerBlock:
@@ -194,6 +199,7 @@ class Transformer(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
+        targets: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the model on (B, T) token ids.
 
@@ -205,14 +211,19 @@ class Transformer(nn.Module):
             token_type_ids: (B, T) segment ids when the model has them (default 0).
             cache: a KVCache returned by an earlier call; the new tokens follow it.
             use_cache: return a cache (a new one when ``cache`` is None).
+            targets: (B, T) next-token ids to score, -100 where no loss is
+                wanted; they are not shifted. With targets the loss is computed
+                chunk by chunk (blocklab.nn.loss) and logits come back as None,
+                except under autocast, where the plain route runs.
 
         Returns:
-            ModelOutput with logits (B, T, V), hidden_states (B, T, C), the cache
-            and the pooled output.
+            ModelOutput with logits (B, T, V), hidden_states (B, T, C), the cache,
+            the pooled output and the loss.
 
         Raises:
-            ValueError: for ids outside the vocabulary, mismatched shapes, or
-                learned positions past the table.
+            ValueError: for ids outside the vocabulary, mismatched shapes,
+                learned positions past the table, targets without an output
+                head, or targets outside the vocabulary.
         """
         c = self.config
         self._check_inputs(input_ids, attention_mask)
@@ -263,7 +274,26 @@ class Transformer(nn.Module):
         if self.final_norm is not None:
             h = self.final_norm(h, mask)
 
-        logits = self.lm_head(h) if self.lm_head is not None else None  # (B, T, V)
+        loss = logits = None
+        if targets is not None:
+            loss, logits = self._loss(h, targets)
+        elif self.lm_head is not None:
+            logits = self.lm_head(h)  # (B, T, V)
         pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else None  # (B, C)
         return ModelOutput(logits=logits, hidden_states=h, cache=cache if use_cache or cache is not None else None,
-                           pooled=pooled)
+                           pooled=pooled, loss=loss)
+
+    def _loss(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (mean cross-entropy, logits or None) of the head on h (B, T, C) against targets (B, T)."""
+        if self.lm_head is None:
+            raise ValueError("targets: this model has no output head (lm_head=false), so it has no loss")
+        if targets.shape != h.shape[:2]:
+            raise ValueError(
+                f"targets: shape {tuple(targets.shape)} does not match input_ids {tuple(h.shape[:2])}"
+            )
+        targets = targets.to(h.device).flatten()
+        if torch.is_autocast_enabled(h.device.type):
+            # Under autocast the head runs in reduced precision and the loss in float32.
+            logits = self.lm_head(h)
+            return F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX), logits
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets), None
