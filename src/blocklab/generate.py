@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from blocklab.decode import LeanDecoder
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -71,11 +73,14 @@ def stream_tokens(
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    lean_step: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield each step's new tokens (B,) as they are decoded.
 
     Sequences that produced ``eos_id`` keep yielding ``eos_id``; the iteration
     stops when every sequence has finished or after ``max_new_tokens`` steps.
+    ``lean_step`` decodes with ``blocklab.decode.LeanDecoder`` when the model
+    and batch allow it (same results, fewer operators per token).
     """
     _check_sampling(temperature, top_k, top_p, max_new_tokens)
     if max_new_tokens == 0:
@@ -86,6 +91,10 @@ def stream_tokens(
         with torch.no_grad():
             out = model(input_ids, attention_mask=attention_mask, use_cache=True)
             cache = out.cache
+            lean = (
+                LeanDecoder.build(model, cache, attention_mask, input_ids.shape[1] + max_new_tokens)
+                if lean_step else None
+            )
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             logits = out.logits[:, -1]  # (B, V)
             for step in range(max_new_tokens):
@@ -97,8 +106,10 @@ def stream_tokens(
                 yield token
                 if step + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
                     return
-                out = model(token[:, None], cache=cache)
-                logits = out.logits[:, -1]
+                if lean is not None:
+                    logits = lean.step(token)
+                else:
+                    logits = model(token[:, None], cache=cache).logits[:, -1]
     finally:
         model.train(was_training)
 
@@ -115,6 +126,7 @@ def generate(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    lean_step: bool = True,
 ) -> torch.Tensor:
     """Extend each prompt by up to ``max_new_tokens`` tokens; greedy by default.
 
@@ -128,6 +140,8 @@ def generate(
         eos_id: stop a sequence at this token (it is padded with eos_id after).
         generator: random generator for reproducible sampling.
         on_token: called with each step's (B,) tokens, for streaming.
+        lean_step: use the lean single-token step where it applies (see
+            ``stream_tokens``); False always runs ``model.forward``.
 
     Returns:
         (B, T + n) token ids, n <= N.
@@ -140,7 +154,7 @@ def generate(
     steps = []
     for token in stream_tokens(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, eos_id=eos_id, generator=generator,
+        top_k=top_k, top_p=top_p, eos_id=eos_id, generator=generator, lean_step=lean_step,
     ):
         steps.append(token)
         if on_token is not None:

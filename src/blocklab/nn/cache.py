@@ -25,17 +25,29 @@ class KVCache:
         self.num_layers = num_layers
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.key_mask: torch.Tensor | None = None  # (B, S) bool, True for real tokens
-        self.key_positions: torch.Tensor | None = None  # (B, S) long
+        # (B, capacity) buffers that grow by doubling, like the keys; the first
+        # `length` columns are real.
+        self._mask_buffer: torch.Tensor | None = None
+        self._position_buffer: torch.Tensor | None = None
         self.length = 0
 
     def __len__(self) -> int:
         return self.length
 
     @property
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, S) bool, True for real tokens; None while empty."""
+        return None if self._mask_buffer is None else self._mask_buffer[:, : self.length]
+
+    @property
+    def key_positions(self) -> torch.Tensor | None:
+        """(B, S) long positions of the cached tokens; None while empty."""
+        return None if self._position_buffer is None else self._position_buffer[:, : self.length]
+
+    @property
     def next_positions(self) -> torch.Tensor | None:
         """Position of the next real token of each sequence (B,), or None when empty."""
-        if self.key_mask is None:
+        if self._mask_buffer is None:
             return None
         return self.key_mask.long().sum(-1)
 
@@ -45,17 +57,24 @@ class KVCache:
         Call once per model forward, before the layers write their keys.
         """
         mask = mask.bool()
-        if self.key_mask is None:
-            self.key_mask, self.key_positions = mask, positions.long()
-        else:
-            if mask.shape[0] != self.key_mask.shape[0]:
-                raise ValueError(
-                    f"KVCache: batch size {mask.shape[0]} does not match the cached batch "
-                    f"size {self.key_mask.shape[0]}; continue with the same batch"
-                )
-            self.key_mask = torch.cat((self.key_mask, mask), dim=1)
-            self.key_positions = torch.cat((self.key_positions, positions.long()), dim=1)
-        self.length = self.key_mask.shape[1]
+        new = mask.shape[1]
+        if self._mask_buffer is not None and mask.shape[0] != self._mask_buffer.shape[0]:
+            raise ValueError(
+                f"KVCache: batch size {mask.shape[0]} does not match the cached batch "
+                f"size {self._mask_buffer.shape[0]}; continue with the same batch"
+            )
+        start, end = self.length, self.length + new
+        if self._mask_buffer is None or self._mask_buffer.shape[1] < end:
+            capacity = max(end, 2 * (0 if self._mask_buffer is None else self._mask_buffer.shape[1]), 16)
+            grown_mask = mask.new_zeros((mask.shape[0], capacity))
+            grown_positions = positions.new_zeros((mask.shape[0], capacity), dtype=torch.long)
+            if start > 0:
+                grown_mask[:, :start] = self._mask_buffer[:, :start]
+                grown_positions[:, :start] = self._position_buffer[:, :start]
+            self._mask_buffer, self._position_buffer = grown_mask, grown_positions
+        self._mask_buffer[:, start:end] = mask
+        self._position_buffer[:, start:end] = positions
+        self.length = end
         return self.key_mask, self.key_positions
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
