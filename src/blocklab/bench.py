@@ -52,7 +52,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from blocklab.config import ModelConfig
 from blocklab.errors import UsageError
@@ -821,12 +820,12 @@ def _train_step_case(ctx: _Context) -> Case:
     model.to(ctx.device).train()
     ids = torch.randint(0, config.vocab_size, (batch, length), generator=ctx.generator).to(ctx.device)
     # Next-token targets with the last position ignored, as transformers' loss does.
-    targets = torch.cat((ids[:, 1:], torch.full_like(ids[:, :1], -100)), dim=1).reshape(-1)
+    targets = torch.cat((ids[:, 1:], torch.full_like(ids[:, :1], -100)), dim=1)  # (B, T)
     run_model = ctx.wrap(model)
 
     def blocklab_step() -> torch.Tensor:
-        logits = run_model(ids).logits  # (B, T, V)
-        return F.cross_entropy(logits.reshape(-1, config.vocab_size), targets, ignore_index=-100)
+        # The loss as `blocklab train` computes it: chunked, without full logits.
+        return run_model(ids, targets=targets).loss
 
     implementations = [Implementation(
         name="blocklab", forward=blocklab_step, leaves=tuple(model.parameters()),
