@@ -29,8 +29,24 @@ from blocklab.model import Transformer
 from blocklab.nn.attention import Attention
 from blocklab.nn.block import TransformerBlock
 from blocklab.nn.cache import KVCache
+from blocklab.nn import kernels
 from blocklab.nn.feedforward import _gated_forward
 from blocklab.nn.rotary import apply_rotary
+
+# Up to this many rows (sequences) a linear layer runs through the kernels'
+# matrix-vector product, which streams the weights faster than a GEMM call.
+FEW_ROWS = 8
+
+
+def _linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``layer`` to x (B, in), with the few-row kernel when it applies."""
+    weight, bias = layer.weight, layer.bias
+    if (
+        x.shape[0] <= FEW_ROWS and x.is_contiguous() and weight.is_contiguous()
+        and kernels.usable(x, weight) and (bias is None or bias.dtype == torch.float32)
+    ):
+        return kernels.linear_rows(x, weight, bias)
+    return layer(x)
 
 
 class LeanDecoder:
@@ -120,7 +136,7 @@ class LeanDecoder:
             h = self._sublayer(block, h, lambda x: self._feedforward(block, x), block.ffn_norm, block.ffn_out_norm)
         if model.final_norm is not None:
             h = model.final_norm(h)
-        return F.linear(h, model.lm_head.weight)  # (B, V)
+        return _linear(model.lm_head, h)  # (B, V)
 
     @staticmethod
     def _sublayer(block: TransformerBlock, h: torch.Tensor, function, norm, out_norm) -> torch.Tensor:
@@ -136,7 +152,7 @@ class LeanDecoder:
     ) -> torch.Tensor:
         batch = x.shape[0]
         heads, kv_heads, head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
-        qkv = attention.qkv(x).view(batch, heads + 2 * kv_heads, 1, head_dim)  # (B, H + 2K, 1, D)
+        qkv = _linear(attention.qkv, x).view(batch, heads + 2 * kv_heads, 1, head_dim)  # (B, H + 2K, 1, D)
         qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads:]
         if rope is not None:
             qk = apply_rotary(qk, rope[0], rope[1], attention.rotary_interleaved)  # (B, H + K, 1, D)
@@ -147,13 +163,13 @@ class LeanDecoder:
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # (B, K, G, S)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
         out = torch.matmul(probs, values)  # (B, K, G, D)
-        return attention.out(out.view(batch, heads * head_dim))
+        return _linear(attention.out, out.view(batch, heads * head_dim))
 
     @staticmethod
     def _feedforward(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:
         ffn = block.ffn
         if ffn.gated:
-            hidden = _gated_forward(ffn.gate(x), ffn.up(x), ffn.activation)
+            hidden = _gated_forward(_linear(ffn.gate, x), _linear(ffn.up, x), ffn.activation)
         else:
-            hidden = ffn.act(ffn.up(x))
-        return ffn.down(hidden)
+            hidden = ffn.act(_linear(ffn.up, x))
+        return _linear(ffn.down, hidden)

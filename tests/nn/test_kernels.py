@@ -244,3 +244,17 @@ def test_build_caches_library_file(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", False)
     assert kernels.load() is not None
     assert built[0].stat().st_mtime_ns == modified
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_rows_matches_float64(rows, bias):
+    # 700 x 600 weights start threads; the tiny case runs on one.
+    for out_features, in_features in ((700, 600), (5, 3)):
+        x = torch.randn(rows, in_features)
+        weight = torch.randn(out_features, in_features)
+        offset = torch.randn(out_features) if bias else None
+        expected = x.double() @ weight.double().T
+        if bias:
+            expected = expected + offset.double()
+        assert_close(kernels.linear_rows(x, weight, offset).double(), expected, rtol=1e-5, atol=1e-4)

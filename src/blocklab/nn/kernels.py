@@ -1,7 +1,9 @@
 """Fused float32 CPU kernels (kernels.c), compiled on first use and called through ctypes.
 
 RMSNorm, RoPE and SwiGLU each run as several PyTorch operators that read and
-write whole tensors. kernels.c does each in one pass per row. The first call
+write whole tensors. kernels.c does each in one pass per row. It also has a
+matrix-vector product for the few rows of a decoding step, which streams the
+weights at close to the memory bandwidth. The first call
 compiles it with the system C compiler (``$CC``, else ``cc``) into a shared
 library under ``$BLOCKLAB_CACHE`` (default ``~/.cache/blocklab``), keyed by a
 hash of the source, the flags and the CPU, and later processes load that file.
@@ -50,6 +52,7 @@ _SIGNATURES = {
     ),
     "bl_swiglu_forward": (_ptr, _ptr, _ptr, _i64, ctypes.c_int),
     "bl_swiglu_backward": (_ptr, _ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int),
+    "bl_linear_rows": (_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int),
 }
 
 
@@ -246,3 +249,15 @@ def swiglu_backward(
         gate.numel(), torch.get_num_threads(),
     )
     return grad_gate, grad_up
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Return x (R, K) @ weight (N, K).T + bias for contiguous inputs and few rows R."""
+    rows, in_features = x.shape
+    out_features = weight.shape[0]
+    out = x.new_empty((rows, out_features))
+    load().bl_linear_rows(
+        x.data_ptr(), weight.data_ptr(), _address(bias), out.data_ptr(), rows, in_features, out_features,
+        torch.get_num_threads(),
+    )
+    return out
