@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch.testing import assert_close
 
-from blocklab.nn import FeedForward, RMSNorm, apply_rotary, kernels
+from blocklab.nn import Attention, FeedForward, RMSNorm, apply_rotary, kernels
+from blocklab.nn.attention import split_rotate
 
 pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C compiler to build blocklab.nn.kernels")
 
@@ -258,3 +259,32 @@ def test_linear_rows_matches_float64(rows, bias):
         if bias:
             expected = expected + offset.double()
         assert_close(kernels.linear_rows(x, weight, offset).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kv_heads,rotary_half,interleaved", [(4, 4, False), (2, 4, True), (1, 2, False)])
+def test_attention_split_rotate_paths_agree(monkeypatch, kv_heads, rotary_half, interleaved):
+    """Fused split-and-rotate against PyTorch operators: grouped heads, partial and interleaved RoPE."""
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    angles = torch.rand(2, 10, rotary_half) * 10
+
+    def run():
+        torch.manual_seed(3)
+        module = Attention(dim=32, num_heads=4, num_kv_heads=kv_heads, qkv_bias=True, rotary_interleaved=interleaved)
+        x.grad = None
+        out = module(x, rope=(angles.cos(), angles.sin()))
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(0)))
+        return out.detach(), x.grad.clone(), module.qkv.weight.grad.clone(), module.qkv.bias.grad.clone()
+
+    for fused, plain in zip(*run_with_and_without_kernels(monkeypatch, run)):
+        assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_split_rotate_unused_output_gets_zero_gradient():
+    qkv = torch.randn(2, 5, 6 * 8, requires_grad=True)
+    angles = torch.rand(2, 5, 4)
+    q, k, v = split_rotate(qkv, angles.cos(), angles.sin(), heads=4, kv_heads=1, interleaved=False)
+    (q.sum() + v.sum()).backward()
+    grad = qkv.grad.view(2, 5, 6, 8)
+    assert torch.count_nonzero(grad[:, :, 4]) == 0  # the key head
+    assert torch.equal(grad[:, :, 5], torch.ones(2, 5, 8))  # the value head
+    assert torch.count_nonzero(grad[:, :, :4]) > 0

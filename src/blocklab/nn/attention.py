@@ -18,10 +18,82 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from blocklab.nn import kernels
 from blocklab.nn.cache import KVCache
 from blocklab.nn.rotary import apply_rotary
+
+
+def _split_rotate_forward(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, interleaved: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, length, width = qkv.shape
+    head_dim = width // (heads + 2 * kv_heads)
+    view = qkv.view(batch, length, heads + 2 * kv_heads, head_dim).transpose(1, 2)  # (B, H + 2K, T, D)
+    q = kernels.rope(view[:, :heads], cos, sin, interleaved, inverse=False)
+    k = kernels.rope(view[:, heads:heads + kv_heads], cos, sin, interleaved, inverse=False)
+    v = view[:, heads + kv_heads:].contiguous()
+    return q, k, v
+
+
+class _SplitRotateFunction(torch.autograd.Function):
+    """Split the fused projection into rotated queries and keys and plain values, with the kernels.
+
+    Forward: qkv (B, T, (H + 2K) D) gives q (B, H, T, D) and k (B, K, T, D),
+    each rotated into a new contiguous tensor, and v (B, K, T, D), a contiguous
+    copy. Backward: the gradients land straight in one (B, T, (H + 2K) D)
+    tensor, q and k rotated back, where autograd would concatenate and copy
+    the three pieces. Only cos and sin are saved.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+        interleaved: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, length, width = qkv.shape
+        ctx.save_for_backward(cos, sin)
+        ctx.layout = (batch, length, heads, kv_heads, width // (heads + 2 * kv_heads), interleaved)
+        return _split_rotate_forward(qkv, cos, sin, heads, kv_heads, interleaved)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q: torch.Tensor | None, grad_k: torch.Tensor | None, grad_v: torch.Tensor | None):
+        cos, sin = ctx.saved_tensors
+        batch, length, heads, kv_heads, head_dim, interleaved = ctx.layout
+        grad = cos.new_empty((batch, length, heads + 2 * kv_heads, head_dim))
+        view = grad.transpose(1, 2)  # (B, H + 2K, T, D)
+        for grad_part, first, last, rotated in (
+            (grad_q, 0, heads, True),
+            (grad_k, heads, heads + kv_heads, True),
+            (grad_v, heads + kv_heads, heads + 2 * kv_heads, False),
+        ):
+            if grad_part is None:
+                view[:, first:last].zero_()
+            elif rotated and kernels.usable(grad_part):
+                kernels.rope(grad_part, cos, sin, interleaved, inverse=True, out=view[:, first:last])
+            elif rotated:
+                view[:, first:last] = apply_rotary(grad_part, cos, -sin, interleaved)
+            else:
+                view[:, first:last] = grad_part
+        return grad.view(batch, length, -1), None, None, None, None, None
+
+
+def split_rotate(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, interleaved: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Return rotated q, k and contiguous v from a fused projection with the kernels, or None.
+
+    None means the kernels cannot take these tensors and the caller splits and
+    rotates with PyTorch operators.
+    """
+    if cos.requires_grad or sin.requires_grad or not kernels.usable(qkv, cos, sin):
+        return None
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return _SplitRotateFunction.apply(qkv, cos, sin, heads, kv_heads, interleaved)
+    return _split_rotate_forward(qkv, cos, sin, heads, kv_heads, interleaved)
 
 
 def visibility_mask(
@@ -129,14 +201,18 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(x)  # (B, T, (H + 2K) D)
-        qk, v = qkv.split(((heads + kv_heads) * head_dim, kv_heads * head_dim), dim=-1)
-        qk = qk.view(batch, length, heads + kv_heads, head_dim).transpose(1, 2)  # (B, H + K, T, D)
-        v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)  # (B, K, T, D)
-        if rope is not None:
-            # Queries and keys share the angles, so one call rotates both.
-            cos, sin = rope
-            qk = apply_rotary(qk, cos, sin, self.rotary_interleaved)
-        q, k = qk.split((heads, kv_heads), dim=1)  # (B, H, T, D), (B, K, T, D)
+        fused = None if rope is None else split_rotate(qkv, *rope, heads, kv_heads, self.rotary_interleaved)
+        if fused is not None:
+            q, k, v = fused  # (B, H, T, D), (B, K, T, D), (B, K, T, D)
+        else:
+            qk, v = qkv.split(((heads + kv_heads) * head_dim, kv_heads * head_dim), dim=-1)
+            qk = qk.view(batch, length, heads + kv_heads, head_dim).transpose(1, 2)  # (B, H + K, T, D)
+            v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)  # (B, K, T, D)
+            if rope is not None:
+                # Queries and keys share the angles, so one call rotates both.
+                cos, sin = rope
+                qk = apply_rotary(qk, cos, sin, self.rotary_interleaved)
+            q, k = qk.split((heads, kv_heads), dim=1)  # (B, H, T, D), (B, K, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
 

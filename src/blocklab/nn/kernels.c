@@ -88,16 +88,17 @@ void bl_rms_norm_backward(const float *dy, const float *x, const float *gain, co
 /* ------------------------------------------------------------------- RoPE */
 
 /*
- * out (B, H, T, D), contiguous, = x rotated by the angles of cos, sin (B or 1, T, R/2).
+ * out (B, H, T, D) = x rotated by the angles of cos, sin (B or 1, T, R/2).
  * Pairs are (i, i + R/2), or (2i, 2i + 1) when `interleaved`; dimensions from R
  * on are copied. sign = 1 rotates by +angle; sign = -1 by -angle, which is the
  * backward (the transpose of a rotation is its inverse).
- * x strides: x_b, x_h, x_t; cos and sin strides: c_b (0 to broadcast), c_t.
+ * Strides of x: x_b, x_h, x_t; of out: o_b, o_h, o_t; of cos and sin: c_b (0 to
+ * broadcast over the batch), c_t. out must not overlap x.
  */
 void bl_rope(const float *x, const float *cos_table, const float *sin_table, float *out,
              int64_t batch, int64_t heads, int64_t length, int64_t dim, int64_t half,
              int64_t x_b, int64_t x_h, int64_t x_t, int64_t c_b, int64_t c_t,
-             int interleaved, float sign, int threads) {
+             int64_t o_b, int64_t o_h, int64_t o_t, int interleaved, float sign, int threads) {
   int64_t rows = batch * heads * length;
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * dim >= PARALLEL_MIN)
   for (int64_t row = 0; row < rows; row++) {
@@ -107,7 +108,7 @@ void bl_rope(const float *x, const float *cos_table, const float *sin_table, flo
     const float *xr = x + b * x_b + h * x_h + t * x_t;
     const float *cr = cos_table + b * c_b + t * c_t;
     const float *sr = sin_table + b * c_b + t * c_t;
-    float *yr = out + row * dim;
+    float *yr = out + b * o_b + h * o_h + t * o_t;
     if (interleaved) {
 #pragma omp simd
       for (int64_t i = 0; i < half; i++) {

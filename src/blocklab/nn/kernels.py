@@ -48,7 +48,7 @@ _SIGNATURES = {
     "bl_rms_norm_backward": (_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int),
     "bl_rope": (
         _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64,
-        ctypes.c_int, ctypes.c_float, ctypes.c_int,
+        _i64, _i64, _i64, ctypes.c_int, ctypes.c_float, ctypes.c_int,
     ),
     "bl_swiglu_forward": (_ptr, _ptr, _ptr, _i64, ctypes.c_int),
     "bl_swiglu_backward": (_ptr, _ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int),
@@ -207,26 +207,32 @@ def rms_norm_backward(
     return grad_x, grad_gain
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool) -> torch.Tensor:
-    """Return x (B, H, T, D) rotated by cos, sin (B or 1, T, R/2), as a new contiguous tensor.
+def rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool, inverse: bool,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return x (B, H, T, D) rotated by cos, sin (B or 1, T, R/2).
 
     ``inverse`` rotates by the negative angles. x may be any strided view whose
-    last dimension is contiguous; cos and sin must have a contiguous last dimension.
+    last dimension is contiguous, and so may ``out``, which receives the result
+    when given (it must not overlap x). Without ``out`` the result is a new
+    contiguous tensor. cos and sin must have a contiguous last dimension.
     """
     batch, heads, length, dim = x.shape
     half = cos.shape[-1]
-    out = torch.empty((batch, heads, length, dim), dtype=x.dtype)
+    if out is None:
+        out = torch.empty((batch, heads, length, dim), dtype=x.dtype)
     if out.numel() == 0:
         return out
-    cos_batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
     if sin.stride() != cos.stride():
         sin = sin.contiguous()
         cos = cos.contiguous()
-        cos_batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
+    cos_batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
     load().bl_rope(
         x.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), batch, heads, length, dim, half,
-        x.stride(0), x.stride(1), x.stride(2), cos_batch_stride, cos.stride(1), int(interleaved),
-        -1.0 if inverse else 1.0, torch.get_num_threads(),
+        x.stride(0), x.stride(1), x.stride(2), cos_batch_stride, cos.stride(1),
+        out.stride(0), out.stride(1), out.stride(2), int(interleaved), -1.0 if inverse else 1.0,
+        torch.get_num_threads(),
     )
     return out
 
