@@ -3,7 +3,8 @@
 Each subcommand lives in its own module, which provides
 ``configure_parser(parser)`` and ``run_command(args) -> int``. This file only
 dispatches, prints errors and sets exit codes: a mistake a user can make
-(``UsageError``, ``ValueError``, a missing file) prints one line and exits 2.
+(``UsageError``, ``ValueError``, a missing file) prints one line and exits 2,
+and an interrupt prints one line and exits 130.
 """
 
 from __future__ import annotations
@@ -54,7 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """Return the subcommand named in ``argv`` without parsing it, or None."""
+    for argument in argv:
+        if not argument.startswith("-"):
+            return argument if argument in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line in ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    An interrupt (SIGINT) at any point from here on, including while
+    ``build_parser`` imports the command modules, prints one line and
+    returns 130.
+    """
+    command = _command_name(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        prefix = f"blocklab {command}" if command else "blocklab"
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -86,9 +111,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print(f"blocklab {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
