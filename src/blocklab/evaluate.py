@@ -9,8 +9,12 @@ context. Loss is the mean cross-entropy in nats per token and perplexity is
 exp(loss).
 
 A model with learned absolute positions has no vectors past its table, so
-lengths above ``max_seq_len`` are reported as not applicable rather than
+lengths above ``max_seq_len`` are reported as not scorable rather than
 failing. Every other position encoding runs at any length, trained there or not.
+
+The command's default lengths are ``DEFAULT_LENGTHS`` plus the run's training
+length and, for learned positions, the table's length, so that a run whose
+table is shorter than 128 still gets numbers at the lengths it can score.
 """
 
 from __future__ import annotations
@@ -57,6 +61,19 @@ class LengthResult:
     tokens: int = 0
     windows: int = 0
     note: str | None = None
+
+
+def default_lengths(model_config: ModelConfig, train_config: Any) -> list[int]:
+    """Return the lengths ``blocklab eval`` measures when --lengths is not given.
+
+    They are ``DEFAULT_LENGTHS``, the run's training length (``seq_len``) and,
+    with learned positions, ``max_seq_len``, the longest length the table
+    covers, in ascending order.
+    """
+    lengths = set(DEFAULT_LENGTHS) | {train_config.seq_len}
+    if model_config.position == "learned":
+        lengths.add(model_config.max_seq_len)
+    return sorted(lengths)
 
 
 def length_limit(config: ModelConfig) -> tuple[int | None, str | None]:
@@ -161,7 +178,7 @@ class RunEvaluation:
 
 def evaluate_run(
     run_dir: str | os.PathLike[str],
-    lengths: list[int] | tuple[int, ...] = DEFAULT_LENGTHS,
+    lengths: list[int] | tuple[int, ...] | None = None,
     *,
     stride: int | None = None,
     batch_size: int = 8,
@@ -174,17 +191,22 @@ def evaluate_run(
 
     Args:
         run_dir: a run directory written by ``blocklab train``.
-        lengths, stride, batch_size, max_windows: as in ``evaluate_lengths``.
+        lengths: window lengths. None means ``default_lengths`` of the run,
+            without those shorter than ``stride``.
+        stride, batch_size, max_windows: as in ``evaluate_lengths``.
         device: where to run the model.
         data: evaluate on this corpus's validation split instead of the run's.
         step: the checkpoint to load; the latest by default.
 
     Raises:
-        UsageError: for a missing or damaged run or invalid lengths.
+        UsageError: for a missing or damaged run, invalid lengths, or a
+            stride longer than every default length.
     """
     from blocklab.train import load_run, load_validation_tokens
 
     loaded = load_run(run_dir, step=step, device=device)
+    if lengths is None:
+        lengths = _run_default_lengths(loaded.model_config, loaded.train_config, stride)
     record = runs.read_run_record(run_dir)
     tokens = load_validation_tokens(record, loaded.tokenizer, data=data)
     results = evaluate_lengths(
@@ -194,6 +216,44 @@ def evaluate_run(
         run_dir=str(run_dir), step=loaded.step, data=data or record["data"]["source"], stride=stride,
         val_tokens=int(tokens.numel()), results=results,
     )
+
+
+def _run_default_lengths(model_config: ModelConfig, train_config: Any, stride: int | None) -> list[int]:
+    lengths = default_lengths(model_config, train_config)
+    if stride is None:
+        return lengths
+    usable = [length for length in lengths if length >= stride]
+    if not usable:
+        raise UsageError(
+            f"--stride {stride} is longer than every default length ({_join(lengths)}); "
+            f"pass --lengths with lengths of at least {stride}, or a shorter --stride"
+        )
+    return usable
+
+
+def _join(lengths: list[int] | tuple[int, ...]) -> str:
+    return ",".join(map(str, lengths))
+
+
+def check_scorable(evaluation: RunEvaluation, model_config: ModelConfig, lengths_text: str) -> None:
+    """Raise UsageError when no requested length could be scored, naming the reason and the fix.
+
+    Args:
+        evaluation: the finished evaluation.
+        model_config: the run's model, for its length limit.
+        lengths_text: how the lengths were given, such as ``64,128``.
+    """
+    if any(result.loss is not None for result in evaluation.results):
+        return
+    first = evaluation.results[0]
+    limit, _ = length_limit(model_config)
+    if limit is not None and all(result.length > limit for result in evaluation.results):
+        advice = f"pass --lengths of at most {limit}"
+        if evaluation.stride is not None and evaluation.stride > limit:
+            advice += f" and a --stride of at most {limit}"
+    else:
+        advice = "pass shorter --lengths, or evaluate on more text with --data"
+    raise UsageError(f"no length in {lengths_text} can be scored: {first.note}; {advice}")
 
 
 def format_table(evaluation: RunEvaluation) -> str:
@@ -206,7 +266,7 @@ def format_table(evaluation: RunEvaluation) -> str:
     ]
     for result in evaluation.results:
         if result.loss is None:
-            lines.append(f"{result.length:>8}  n/a: {result.note}")
+            lines.append(f"{result.length:>8}  not scorable: {result.note}")
         else:
             lines.append(
                 f"{result.length:>8}  {result.loss:>8.4f}  {result.perplexity:>10.3f}  {result.tokens:>10,}"
@@ -235,8 +295,10 @@ def parse_lengths(text: str) -> list[int]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run directory written by `blocklab train`")
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
-                        help="comma-separated context lengths in tokens (default %(default)s)")
+    parser.add_argument("--lengths",
+                        help="comma-separated context lengths in tokens (default: "
+                             + _join(DEFAULT_LENGTHS) + ", the run's training length and, for learned "
+                             "positions, max_seq_len)")
     parser.add_argument("--stride", type=int, help="sliding windows with this stride in tokens (default: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
     parser.add_argument("--max-windows", type=int, help="evaluate at most this many windows per length")
@@ -247,7 +309,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    lengths = parse_lengths(args.lengths)
+    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: invalid value {args.batch_size}; expected an integer >= 1")
     if args.max_windows is not None and args.max_windows < 1:
@@ -260,6 +322,11 @@ def run_command(args: argparse.Namespace) -> int:
         args.run_dir, lengths, stride=args.stride, batch_size=args.batch_size, max_windows=args.max_windows,
         device=str(device), data=args.data, step=args.step,
     )
+    lengths_text = args.lengths if lengths is not None else (
+        f"the default lengths ({_join([result.length for result in evaluation.results])})"
+    )
+    model_config = ModelConfig.from_dict(runs.read_run_record(args.run_dir)["model"])
+    check_scorable(evaluation, model_config, lengths_text)
     if args.json:
         print(json.dumps(evaluation.to_dict(), indent=2))
     else:

@@ -44,11 +44,11 @@ def test_learned_positions_not_applicable_past_table(learned_run, capsys):
     assert by_length[64].loss is not None
     assert by_length[128].loss is None
     assert by_length[128].note == "learned positions stop at 64"
-    assert "n/a: learned positions stop at 64" in format_table(evaluation)
+    assert "not scorable: learned positions stop at 64" in format_table(evaluation)
 
     assert main(["eval", str(learned_run), "--lengths", "32,128", "--max-windows", "2"]) == 0
     out = capsys.readouterr().out
-    assert "n/a: learned positions stop at 64" in out
+    assert "not scorable: learned positions stop at 64" in out
 
 
 def test_lengths_score_every_token_once():
