@@ -238,6 +238,30 @@ def test_interrupt_then_resume(tmp_path):
     assert finished.returncode == 0, finished.stderr
     result = json.loads((out / "runs" / "none-seed0" / "result.json").read_text())
     assert result["steps"] == 60
+    # The time and tokens cover all 60 steps (quick profile: 8 x 32 tokens a step), not only the resumed ones.
+    assert result["train_tokens"] == 60 * 8 * 32
+    assert result["tokens_per_s"] == pytest.approx(result["train_tokens"] / result["train_time_s"])
+
+
+@pytest.mark.slow
+def test_trained_arm_without_result_is_finished(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["compare", str(out), "--quick", "--no-progress", "--vary", "position=none,rope", "--steps", "4"]
+    assert cli.main(args) == 0
+    result_path = out / "runs" / "none-seed0" / "result.json"
+    before = json.loads(result_path.read_text())
+    # As if the arm was interrupted after training but before result.json was written.
+    result_path.unlink()
+    capsys.readouterr()
+
+    assert cli.main(args) == 0, capsys.readouterr().err
+    after = json.loads(result_path.read_text())
+    assert after["steps"] == 4
+    assert after["train_tokens"] == 4 * 8 * 32
+    assert after["train_time_s"] == pytest.approx(before["train_time_s"])
+    assert after["tokens_per_s"] == pytest.approx(before["tokens_per_s"])
+    assert after["final_loss"] == before["final_loss"]
+    assert after["lengths"] == before["lengths"]
 
 
 @pytest.mark.slow

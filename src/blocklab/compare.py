@@ -11,7 +11,8 @@ arm and seed under ``runs/`` (loadable by ``blocklab eval`` and ``blocklab
 generate``), each arm's ``result.json``, and at the end ``results.json``,
 ``report.md`` and the PNG plots. Re-running into the same directory skips the
 arms whose ``result.json`` exists and resumes an interrupted arm from its
-last checkpoint.
+last checkpoint. The training time, tokens and tokens/s in ``result.json``
+cover the whole arm, because each checkpoint records the totals so far.
 """
 
 from __future__ import annotations
@@ -286,9 +287,14 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
             model_config, train_config, run_dir, resume=resume, overwrite=not resume, progress=False,
             callbacks=[lambda record: messages.put(("record", arm["key"], record))], data=data,
         )
-        if result.status != "completed":
+        # "finished": an earlier call trained every step but stopped before
+        # writing result.json, for example when interrupted during evaluation.
+        if result.status not in ("completed", "finished"):
             messages.put(("stopped", arm["key"], result.status))
             return
+        final_loss = result.final_loss
+        if final_loss is None:
+            final_loss = next((record["loss"] for record in reversed(result.history) if "loss" in record), None)
 
         from blocklab.train import load_run
 
@@ -306,11 +312,12 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
             "note": arm["note"],
             "num_parameters": result.num_parameters,
             "steps": result.step,
-            "final_loss": result.final_loss,
+            "final_loss": final_loss,
             "final_val_loss": result.final_val_loss,
             "best_val_loss": result.best_val_loss,
             "tokens_per_s": result.tokens_per_s,
             "train_time_s": result.train_time_s,
+            "train_tokens": result.train_tokens,
             "eval_time_s": eval_time,
             "peak_memory_mb": result.peak_memory_mb,
             "baseline_memory_mb": baseline_mb,
@@ -347,17 +354,27 @@ def _init_grad_norms(model_config, train_config, data, transformer_cls, layer_gr
     return layer_grad_norms(model)
 
 
-def _check_data(plan: StudyPlan) -> None:
+def _check_data(plan: StudyPlan, vocab_size_source: str | None = None) -> None:
     """Load and tokenize the data once, so a bad corpus or tokenizer fails before any arm starts.
 
+    Args:
+        plan: the study.
+        vocab_size_source: where the user set vocab_size (``--set
+            vocab_size=N``), if they did; each arm's tokenizer must then have
+            that many tokens. A study that varies vocab_size sets it in every arm.
+
     Raises:
-        UsageError: for a missing, empty or too short corpus or a bad tokenizer spec.
+        UsageError: for a missing, empty or too short corpus, a bad tokenizer
+            spec, or a vocab_size the user set that an arm's tokenizer contradicts.
     """
     from blocklab.data import sample_batch
-    from blocklab.train import TrainConfig, prepare_data
+    from blocklab.train import TrainConfig, check_vocab_size, prepare_data
 
-    for arm in {(a.train["data"], a.train["tokenizer"], a.train["seq_len"]): a for a in plan.arms}.values():
-        config = TrainConfig.from_dict(arm.train)
+    groups: dict[tuple[Any, ...], list[Arm]] = {}
+    for arm in plan.arms:
+        groups.setdefault((arm.train["data"], arm.train["tokenizer"], arm.train["seq_len"]), []).append(arm)
+    for members in groups.values():
+        config = TrainConfig.from_dict(members[-1].train)
         try:
             data = prepare_data(config)
             sample_batch(data.train_tokens, 1, config.seq_len, seed=config.seed, step=0)
@@ -368,6 +385,9 @@ def _check_data(plan: StudyPlan) -> None:
                 )
         except ValueError as error:
             raise UsageError(str(error).splitlines()[0]) from None
+        for arm in members:
+            source = f"--vary vocab_size={arm.value}" if plan.field == "vocab_size" else vocab_size_source
+            check_vocab_size(arm.model["vocab_size"], data.tokenizer, source)
 
 
 # --- the study --------------------------------------------------------------------------
@@ -643,7 +663,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="backbone preset (default llama)")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-        help="override a backbone or training field for every arm, e.g. --set d_model=256",
+        help="override a backbone or training field for every arm, e.g. --set d_model=256 (repeatable, once per field)",
     )
     parser.add_argument("--steps", type=int, help="training steps per arm")
     parser.add_argument("--data", help="corpus (default python-docs)")
@@ -659,15 +679,18 @@ def run_command(args: argparse.Namespace) -> int:
         flags=flags,
     )
     out = Path(args.out or f"runs/compare-{_slug(plan.field)}" + ("-quick" if args.quick else ""))
+    from blocklab.train import setting_source
+
+    vocab_size_source = setting_source("vocab_size", settings=args.settings)
     if args.overwrite and out.is_dir() and (out / STUDY_FILE).is_file():
         import shutil
 
         _check_output(out, plan, overwrite=True)
-        _check_data(plan)
+        _check_data(plan, vocab_size_source)
         shutil.rmtree(out)
     else:
         _check_output(out, plan, overwrite=False)
-        _check_data(plan)
+        _check_data(plan, vocab_size_source)
     print(f"blocklab compare: {len(plan.arms)} runs varying {plan.field} -> {out}", file=sys.stderr)
     try:
         results = run_study(plan, out, progress=not args.no_progress, overwrite=args.overwrite)

@@ -231,16 +231,103 @@ def create_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     Raises:
         UsageError: when the path is taken (see ``check_new_run_dir``).
     """
+    new_run = start_run_dir(path, overwrite=overwrite)
+    new_run.commit()
+    return new_run.path
+
+
+#: The entries a trainer writes into a run directory; ``NewRunDir.discard`` removes only these.
+RUN_ENTRIES = (RUN_FILE, TOKENIZER_DIR, METRICS_FILE, CHECKPOINTS_DIR, "tensorboard")
+
+
+@dataclass
+class NewRunDir:
+    """A run directory that ``start_run_dir`` created and that is kept or undone later.
+
+    ``commit`` keeps the new run and deletes the run it replaced. ``discard``
+    removes what the new run wrote and puts the replaced run back, for a start
+    that failed before its first step.
+
+    Attributes:
+        path: the run directory.
+        existed: the path was an empty directory before, so ``discard``
+            empties it and leaves it in place.
+        replaced: a hidden directory next to ``path`` holding the run that
+            this one replaces, until ``commit`` or ``discard``; None when
+            there was none.
+    """
+
+    path: Path
+    existed: bool
+    replaced: Path | None = None
+
+    def commit(self) -> None:
+        """Keep the new run: delete the replaced one, if any."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced)
+            self.replaced = None
+
+    def discard(self) -> None:
+        """Remove the entries of ``RUN_ENTRIES`` and put the replaced run back.
+
+        Other files in the directory are not this run's, so they are left in
+        place. When there are any, the directory itself stays too, and so
+        does the replaced run in its hidden directory, whose path is logged.
+        """
+        for name in RUN_ENTRIES:
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        for leftover in self.path.glob(f".{RUN_FILE}.*.tmp"):  # from a write_json_atomic cut short
+            leftover.unlink(missing_ok=True)
+        if self.existed and self.replaced is None:
+            return
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            where = f"; the replaced run is kept in {str(self.replaced)!r}" if self.replaced is not None else ""
+            logger.warning("run directory %s contains files blocklab did not write, so it is kept%s",
+                           self.path, where)
+            return
+        if self.replaced is not None:
+            os.replace(self.replaced / self.path.name, self.path)
+            self.replaced.rmdir()
+            self.replaced = None
+            logger.info("restored the replaced run in %s", self.path)
+
+
+def start_run_dir(path: str | os.PathLike[str], *, overwrite: bool) -> NewRunDir:
+    """Create an empty run directory whose creation can be undone (see ``NewRunDir``).
+
+    An existing run that may be replaced (see ``check_new_run_dir``) is moved
+    to a hidden directory next to the path, ``.NAME.replaced-XXXXXXXX``, and
+    deleted only by ``NewRunDir.commit``. If the process dies before that, the
+    old run stays in that directory. The caller should hold ``lock_run_dir``.
+
+    Raises:
+        UsageError: when the path is taken (see ``check_new_run_dir``).
+    """
     check_new_run_dir(path, overwrite=overwrite)
     run_dir = Path(path)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        trash = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.replaced-"))
-        os.replace(run_dir, trash / run_dir.name)
+    existed = run_dir.is_dir()
+    replaced = None
+    if existed and any(run_dir.iterdir()):
+        replaced = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.replaced-"))
+        os.replace(run_dir, replaced / run_dir.name)
         logger.info("replacing run %s", run_dir)
-        shutil.rmtree(trash)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
-    return run_dir
+        existed = False
+    new_run = NewRunDir(run_dir, existed, replaced)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
+    except BaseException:
+        new_run.discard()
+        raise
+    return new_run
 
 
 def _lock_path(run_dir: Path) -> Path:

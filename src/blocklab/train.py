@@ -339,9 +339,13 @@ class TrainResult:
         final_loss: training loss of the last step, None if no step ran.
         final_val_loss: validation loss at the last evaluation.
         best_val_loss: lowest validation loss of the run.
-        tokens_per_s: training tokens per second in this call, excluding
-            evaluation and checkpoint time.
-        train_time_s: wall time of this call's training steps.
+        tokens_per_s: training tokens per second (``train_tokens /
+            train_time_s``), excluding evaluation and checkpoint time.
+        train_time_s: wall time of the training steps up to ``step``, summed
+            over the calls that trained them (each checkpoint records the sum).
+            A run resumed from a checkpoint that records no time (written by
+            an older blocklab) counts only the steps after the resume.
+        train_tokens: training tokens of the steps that ``train_time_s`` covers.
         peak_memory_mb: CUDA ``max_memory_allocated`` on a GPU; on a CPU the
             process's peak resident set size (``ru_maxrss``), which includes
             the Python interpreter and libraries.
@@ -358,6 +362,7 @@ class TrainResult:
     best_val_loss: float | None
     tokens_per_s: float
     train_time_s: float
+    train_tokens: int
     peak_memory_mb: float
     memory_kind: str
     num_parameters: int
@@ -491,6 +496,15 @@ def _build_model(config: ModelConfig, device: torch.device) -> Transformer:
         ) from None
 
 
+def _remove_empty_dirs(directories: Sequence[Path]) -> None:
+    """Remove each directory, innermost first, and stop at the first one that is not empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 def _load_run_tokenizer(run_dir: Path) -> Tokenizer:
     directory = run_dir / runs.TOKENIZER_DIR
     if not directory.is_dir() or not any(directory.iterdir()):
@@ -507,7 +521,7 @@ class _Trainer:
     def __init__(
         self, model_config: ModelConfig, config: TrainConfig, run_dir: Path, *, resume: bool,
         overwrite: bool, progress: bool, callbacks: Sequence[Callback], stop_at_step: int | None,
-        data: PreparedData | None,
+        data: PreparedData | None, vocab_size_source: str | None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
@@ -515,14 +529,51 @@ class _Trainer:
         self.callbacks = list(callbacks)
         self.stop_at_step = stop_at_step
         self.overwrite = overwrite
+        # Until the first step completes, a failure of a new run undoes what
+        # this call created (see ``undo_start``).
+        self.starting = not resume
+        self.new_run: runs.NewRunDir | None = None
+        self._created_parents: list[Path] = []
+        self._remove_created_parents = False
         self.context = distributed.init_distributed(config.device)
         self._lock = contextlib.ExitStack()
         try:
+            if self.context.is_main:
+                # lock_run_dir creates missing parents; undo_start removes them again.
+                self._created_parents = [p for p in run_dir.absolute().parents if not p.exists()]
             self._lock_run_dir()
-            self._setup(model_config, resume, overwrite, data)
+            self._setup(model_config, resume, overwrite, data, vocab_size_source)
         except BaseException:
+            self.undo_start()
             self.close()
             raise
+
+    def undo_start(self) -> None:
+        """After a failure before the first completed step, remove what this call created.
+
+        A run directory at step 0 is not a trained run, so it is not left to
+        look like one. Only what this call wrote goes: the run's own entries,
+        the directory and its parents if this call created them, and a run it
+        replaced (``overwrite``) is put back. After the first step nothing is
+        removed. Call it while the run directory is still locked.
+        """
+        if not self.starting:
+            return
+        self.starting = False
+        if self.new_run is not None:
+            logger.info("no training step completed, so run %s is removed", self.run_dir)
+            self.new_run.discard()
+            self.new_run = None
+        self._remove_created_parents = True
+
+    def _keep_started_run(self) -> None:
+        """Keep the new run for good once its first step completed (the replaced run is deleted)."""
+        if not self.starting:
+            return
+        self.starting = False
+        if self.new_run is not None:
+            self.new_run.commit()
+            self.new_run = None
 
     def close(self) -> None:
         """Release the run directory lock and leave the process group."""
@@ -530,6 +581,8 @@ class _Trainer:
             self._lock.close()
         finally:
             distributed.shutdown(self.context)
+            if self._remove_created_parents:
+                _remove_empty_dirs(self._created_parents)
 
     def _lock_run_dir(self) -> None:
         """Lock the run directory on rank 0 for the whole run.
@@ -550,7 +603,10 @@ class _Trainer:
 
     # Setup ---------------------------------------------------------------------
 
-    def _setup(self, model_config: ModelConfig, resume: bool, overwrite: bool, data: PreparedData | None) -> None:
+    def _setup(
+        self, model_config: ModelConfig, resume: bool, overwrite: bool, data: PreparedData | None,
+        vocab_size_source: str | None,
+    ) -> None:
         config, context = self.config, self.context
         if resume:
             record = runs.read_run_record(self.run_dir)
@@ -568,6 +624,7 @@ class _Trainer:
             )
         self.data = data
 
+        check_vocab_size(model_config.vocab_size, data.tokenizer, vocab_size_source)
         if model_config.vocab_size != data.tokenizer.vocab_size:
             logger.info("vocab_size set to %d by the tokenizer", data.tokenizer.vocab_size)
             model_config = model_config.replace(vocab_size=data.tokenizer.vocab_size)
@@ -615,6 +672,14 @@ class _Trainer:
             self.start_step = checkpoint.step
             self.extra.update(checkpoint.extra)
             logger.info("resuming %s from step %d", self.run_dir, self.start_step)
+            if "train_time_s" not in self.extra or "train_tokens" not in self.extra:
+                logger.warning(
+                    "checkpoint at step %d records no training time, so the reported training time and "
+                    "tokens/s cover only the steps after it", self.start_step,
+                )
+        # Training time and tokens of the steps up to start_step, as each checkpoint stores them.
+        self.extra.setdefault("train_time_s", 0.0)
+        self.extra.setdefault("train_tokens", 0)
 
         self.history: list[dict[str, Any]] = []
         if context.is_main:
@@ -628,7 +693,7 @@ class _Trainer:
             self._save(0)
 
     def _create_run(self) -> None:
-        runs.create_run_dir(self.run_dir, overwrite=self.overwrite)
+        self.new_run = runs.start_run_dir(self.run_dir, overwrite=self.overwrite)
         self.data.tokenizer.save(self.run_dir / runs.TOKENIZER_DIR)
         import blocklab
 
@@ -684,6 +749,12 @@ class _Trainer:
         grad_norm = float(distributed.total_norm(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+            if self.starting:
+                raise NonFiniteLossError(
+                    f"{what} at step {step + 1}; training stopped before any step completed, so the new "
+                    f"run in {str(self.run_dir)!r} is removed; lower the learning rate (--lr) or set "
+                    "grad_clip, then start again"
+                )
             raise NonFiniteLossError(
                 f"{what} at step {step + 1}; training stopped and the last good checkpoint "
                 f"(step {self.last_saved}) is kept in {str(self.run_dir)!r}; lower the learning rate "
@@ -745,7 +816,7 @@ class _Trainer:
         if self.start_step >= self.end_step:
             logger.info("run %s is already at step %d of %d; no step to train", self.run_dir, self.start_step,
                         self.end_step)
-            return self._result(self.start_step, "finished", None, 0.0, 0)
+            return self._result(self.start_step, "finished", None)
         metrics = runs.MetricsLog(self.run_dir / runs.METRICS_FILE) if context.is_main else None
         board = self._tensorboard() if context.is_main else None
         bar = tqdm(
@@ -754,7 +825,7 @@ class _Trainer:
         )
         tokens_per_step = config.batch_size * config.seq_len
         status, final_loss = "completed", None
-        train_time, interval_time, interval_steps = 0.0, 0.0, 0
+        interval_time, interval_steps = 0.0, 0
         step = self.start_step
         try:
             with _stop_signals() as stop_flag:
@@ -762,9 +833,11 @@ class _Trainer:
                     started = time.perf_counter()
                     loss, grad_norm = self._train_step(step)
                     step += 1
+                    self._keep_started_run()
 
                     elapsed = time.perf_counter() - started
-                    train_time += elapsed
+                    self.extra["train_time_s"] += elapsed
+                    self.extra["train_tokens"] += tokens_per_step
                     interval_time += elapsed
                     interval_steps += 1
                     final_loss = loss
@@ -802,7 +875,7 @@ class _Trainer:
                 board.close()
         if status == "completed" and step < config.steps:
             status = "stopped"
-        return self._result(step, status, final_loss, train_time, (step - self.start_step) * tokens_per_step)
+        return self._result(step, status, final_loss)
 
     def _record_eval(self, record: dict[str, Any]) -> None:
         val_loss = self.evaluate()
@@ -835,13 +908,14 @@ class _Trainer:
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    def _result(self, step: int, status: str, final_loss: float | None, train_time: float,
-                tokens: int) -> TrainResult:
+    def _result(self, step: int, status: str, final_loss: float | None) -> TrainResult:
         memory, kind = _peak_memory(self.context.device)
+        train_time, tokens = self.extra["train_time_s"], self.extra["train_tokens"]
         return TrainResult(
             run_dir=self.run_dir, step=step, status=status, final_loss=final_loss,
             final_val_loss=self.extra.get("val_loss"), best_val_loss=self.extra.get("best_val_loss"),
             tokens_per_s=tokens / train_time if train_time > 0 else 0.0, train_time_s=train_time,
+            train_tokens=tokens,
             peak_memory_mb=memory, memory_kind=kind, num_parameters=self.num_parameters,
             history=list(self.history),
         )
@@ -858,11 +932,13 @@ def train(
     callbacks: Sequence[Callback] = (),
     stop_at_step: int | None = None,
     data: PreparedData | None = None,
+    vocab_size_source: str | None = None,
 ) -> TrainResult:
     """Train a model and write a run directory.
 
     Args:
-        model_config: the model; its vocab_size is replaced by the tokenizer's.
+        model_config: the model; its vocab_size is replaced by the tokenizer's
+            unless ``vocab_size_source`` is given.
         train_config: data, optimisation and logging settings.
         run_dir: where the run is written (see ``blocklab.runs``).
         resume: continue the run in ``run_dir`` from its latest checkpoint. The
@@ -871,25 +947,33 @@ def train(
             ``steps`` cannot be extended, because the learning-rate schedule
             ended there; resuming it trains no step.
         overwrite: replace an existing run at ``run_dir``. Without it, only
-            a run with no trained step (a failed start) is replaced.
+            a run with no trained step (a failed start) is replaced. The
+            replaced run is deleted once the first step completes.
         progress: show a tqdm progress bar on rank 0.
         callbacks: called on rank 0 with each metrics record.
         stop_at_step: save and stop after this step while keeping the
             schedule of ``train_config.steps``; a later ``resume`` continues.
         data: tokenized data from ``prepare_data`` to reuse across runs; it
             must come from the same ``train_config`` data settings.
+        vocab_size_source: where the user set ``model_config.vocab_size``
+            (see ``setting_source``). A size that then differs from the
+            tokenizer's raises UsageError instead of being replaced.
 
     Returns:
         A TrainResult; on an interrupt (SIGINT or SIGTERM) the checkpoint is
         saved and the result's status is ``interrupted``.
 
-    While it runs, rank 0 holds ``runs.lock_run_dir`` on ``run_dir``.
+    While it runs, rank 0 holds ``runs.lock_run_dir`` on ``run_dir``. When a
+    new run fails before its first step completes (for example the first
+    batch does not fit in memory), the exception propagates after the files
+    and directories this call created are removed and a replaced run is put
+    back, so no untrained run is left behind. A resumed run keeps its files.
 
     Raises:
         UsageError: for conflicting options, an existing run without
             ``overwrite``, a run directory locked by another process, a
-            missing or damaged run when resuming, or a model too large to
-            allocate.
+            missing or damaged run when resuming, a model too large to
+            allocate, or a ``vocab_size_source`` that the tokenizer contradicts.
         DataError: for a missing or too short corpus.
         NonFiniteLossError: when the loss or gradient norm stops being finite;
             no checkpoint is written at that step.
@@ -901,9 +985,13 @@ def train(
     trainer = _Trainer(
         model_config, train_config, Path(run_dir), resume=resume, overwrite=overwrite,
         progress=progress, callbacks=callbacks, stop_at_step=stop_at_step, data=data,
+        vocab_size_source=vocab_size_source,
     )
     try:
         return trainer.run()
+    except BaseException:
+        trainer.undo_start()
+        raise
     finally:
         trainer.close()
 
@@ -1000,8 +1088,14 @@ def _set_nested(data: dict[str, Any], path: list[str], value: Any, where: str) -
         node = child
 
 
-def apply_setting(model: dict[str, Any], train_: dict[str, Any], key: str, value: Any, where: str) -> None:
+def apply_setting(
+    model: dict[str, Any], train_: dict[str, Any], key: str, value: Any, where: str
+) -> tuple[str, ...]:
     """Apply one ``key=value`` to the model or train dict; the key may start with model. or train.
+
+    Returns:
+        The field's full path, such as ``("model", "rope", "theta")``, so that
+        ``steps`` and ``train.steps`` compare equal.
 
     Raises:
         UsageError: for an unknown field.
@@ -1025,6 +1119,7 @@ def apply_setting(model: dict[str, Any], train_: dict[str, Any], key: str, value
     if section == "train" and len(path) > 1:
         raise UsageError(f"{where}: train field {path[0]!r} has no sub-fields")
     _set_nested(model if section == "model" else train_, path, value, where)
+    return (section, *path)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -1094,12 +1189,16 @@ def resolve_configs(
     for key, value in file_train.items():
         apply_setting(model, train_, f"train.{key}", value, f"config file {config_file!r}")
         train_sources[key] = f"{key} = {json.dumps(value)} in config file {config_file!r}"
+    # The field path of each --set so far, to reject a field set twice.
+    set_paths: dict[tuple[str, ...], str] = {}
     for setting in settings:
         key, separator, text = setting.partition("=")
         if not separator or not key.strip():
             raise UsageError(f"--set {setting!r}: expected KEY=VALUE, for example --set d_model=256")
         before = dict(train_)
-        apply_setting(model, train_, key.strip(), parse_value(text.strip()), f"--set {setting}")
+        path = apply_setting(model, train_, key.strip(), parse_value(text.strip()), f"--set {setting}")
+        _check_repeated_setting(path, setting, set_paths)
+        set_paths[path] = setting
         for name in train_:
             if train_[name] != before[name] or key.strip() in (name, f"train.{name}"):
                 train_sources[name] = f"--set {setting}"
@@ -1117,6 +1216,69 @@ def resolve_configs(
     except ValueError as error:
         raise UsageError(str(error)) from None
     return model_config, TrainConfig.from_dict(train_)
+
+
+def _check_repeated_setting(path: tuple[str, ...], setting: str, earlier: dict[tuple[str, ...], str]) -> None:
+    """Reject a --set for a field that an earlier --set already sets, directly or through its table.
+
+    Without this check the later value would silently win.
+    """
+    for other_path, other in earlier.items():
+        shorter = min(len(path), len(other_path))
+        if path[:shorter] != other_path[:shorter]:
+            continue
+        name, other_name = ".".join(path[1:]), ".".join(other_path[1:])
+        if path == other_path:
+            raise UsageError(f"--set {setting}: --set {other} already sets {name!r}; pass each field once")
+        raise UsageError(
+            f"--set {setting} sets {name!r}, which overlaps --set {other} (it sets {other_name!r}); "
+            "pass each field once"
+        )
+
+
+def setting_source(field_name: str, *, config_file: str | None = None, settings: Sequence[str] = ()) -> str | None:
+    """Return where the user set model field ``field_name``, or None when only a preset or default did.
+
+    Args:
+        field_name: a top-level ModelConfig field, such as ``vocab_size``.
+        config_file: the TOML file passed with --config, if any.
+        settings: the ``--set KEY=VALUE`` strings.
+
+    Returns:
+        ``--set KEY=VALUE`` or ``NAME = VALUE in config file 'PATH'``, as
+        the first words of an error message. A --set wins over the file, as
+        in ``resolve_configs``.
+    """
+    for setting in reversed(settings):
+        key = setting.partition("=")[0].strip()
+        if key in (field_name, f"model.{field_name}"):
+            return f"--set {setting}"
+    if config_file:
+        file_model = _read_toml(config_file).get("model", {})
+        if field_name in file_model:
+            return f"{field_name} = {json.dumps(file_model[field_name])} in config file {config_file!r}"
+    return None
+
+
+def check_vocab_size(vocab_size: int, tokenizer: Tokenizer, source: str | None) -> None:
+    """Reject a vocab_size the user set that differs from the tokenizer's vocabulary.
+
+    Args:
+        vocab_size: the model's vocab_size.
+        tokenizer: the tokenizer the run uses.
+        source: where the user set vocab_size (see ``setting_source``). None
+            means a preset or default did, so the tokenizer's size replaces it.
+
+    Raises:
+        UsageError: naming both sizes and what to do.
+    """
+    if source is None or vocab_size == tokenizer.vocab_size:
+        return
+    raise UsageError(
+        f"{source} conflicts with tokenizer {tokenizer.spec!r}, whose vocabulary has {tokenizer.vocab_size} "
+        f"tokens; drop the setting (vocab_size follows the tokenizer) or choose a tokenizer with "
+        f"{vocab_size} tokens"
+    )
 
 
 def _merge(target: dict[str, Any], values: dict[str, Any], where: str, prefix: str) -> None:
@@ -1164,7 +1326,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] and [train] tables")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set d_model=256 --set rope.theta=500000 "
-                             "(repeatable; values are JSON or TOML, else strings)")
+                             "(repeatable, once per field; values are JSON or TOML, else strings)")
     parser.add_argument("--data", help="corpus: python-docs (default), python-stdlib, a .txt/.md/.jsonl file, "
                                        "a directory or hf:NAME[:CONFIG]")
     parser.add_argument("--tokenizer", help="bytes (default), bpe:N or a tokenizer.json path")
@@ -1223,6 +1385,10 @@ def _configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConf
         return recorded
     resolved = resolve_configs(preset=args.preset, config_file=args.config, settings=args.settings,
                                flags=flags, base=recorded)
+    source = setting_source("vocab_size", config_file=args.config, settings=args.settings)
+    if source is not None and resolved[0].vocab_size != recorded[0].vocab_size:
+        tokenizer = _load_run_tokenizer(Path(args.run_dir))
+        check_vocab_size(resolved[0].vocab_size, tokenizer, source)
     differences = _config_differences(resolved, recorded)
     if differences:
         raise UsageError(
@@ -1254,10 +1420,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.stop_at_step is not None and args.stop_at_step < 1:
         raise UsageError(f"--stop-at-step: invalid value {args.stop_at_step}; expected a step >= 1")
     model_config, train_config = _configs_from_args(args)
+    vocab_size_source = setting_source("vocab_size", config_file=args.config, settings=args.settings)
     try:
         result = train(
             model_config, train_config, args.run_dir, resume=args.resume, overwrite=args.overwrite,
-            progress=not args.no_progress, stop_at_step=args.stop_at_step,
+            progress=not args.no_progress, stop_at_step=args.stop_at_step, vocab_size_source=vocab_size_source,
         )
     except NonFiniteLossError as error:
         print(f"blocklab train: error: {error}", file=sys.stderr)
