@@ -340,7 +340,6 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
 def _init_grad_norms(model_config, train_config, data, transformer_cls, layer_grad_norms) -> list[float]:
     """Gradient norm of each block for one batch at initialisation (same seed as training)."""
     import torch
-    from torch.nn import functional as F
 
     from blocklab.data import sample_batch
 
@@ -349,8 +348,7 @@ def _init_grad_norms(model_config, train_config, data, transformer_cls, layer_gr
     inputs, targets = sample_batch(
         data.train_tokens, train_config.batch_size, train_config.seq_len, seed=train_config.seed, step=0,
     )
-    logits = model(inputs).logits
-    F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    model(inputs, targets=targets).loss.backward()
     return layer_grad_norms(model)
 
 

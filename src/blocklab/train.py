@@ -738,8 +738,8 @@ class _Trainer:
             part = slice(micro * self.micro_batch, (micro + 1) * self.micro_batch)
             last = micro == config.grad_accum - 1
             with distributed.gradient_sync(self.wrapped, last), self._autocast():
-                logits = self.wrapped(inputs[part]).logits  # (b, T, V)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), targets[part].flatten())
+                # The model computes the loss chunk by chunk, without (b, T, V) logits.
+                loss = self.wrapped(inputs[part], targets=targets[part]).loss
                 (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
 
