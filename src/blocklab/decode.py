@@ -26,27 +26,74 @@ import torch
 from torch.nn import functional as F
 
 from blocklab.model import Transformer
-from blocklab.nn.attention import Attention
 from blocklab.nn.block import TransformerBlock
 from blocklab.nn.cache import KVCache
 from blocklab.nn import kernels
 from blocklab.nn.feedforward import _gated_forward
+from blocklab.nn.norms import RMSNorm
 from blocklab.nn.rotary import apply_rotary
 
-# Up to this many rows (sequences) a linear layer runs through the kernels'
-# matrix-vector product, which streams the weights faster than a GEMM call.
+# Up to this many rows (sequences), a linear layer with at least
+# KERNEL_MIN_WEIGHTS weights runs through the kernels' matrix-vector product,
+# which streams the weights faster than a GEMM call. Smaller layers cost less
+# through F.linear, whose call overhead is lower than a ctypes call's.
 FEW_ROWS = 8
+KERNEL_MIN_WEIGHTS = 1 << 16
 
 
-def _linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``layer`` to x (B, in), with the few-row kernel when it applies."""
-    weight, bias = layer.weight, layer.bias
-    if (
-        x.shape[0] <= FEW_ROWS and x.is_contiguous() and weight.is_contiguous()
-        and kernels.usable(x, weight) and (bias is None or bias.dtype == torch.float32)
-    ):
-        return kernels.linear_rows(x, weight, bias)
-    return layer(x)
+class _Linear:
+    """A linear layer's weight and bias, applied to (B, in) rows."""
+
+    __slots__ = ("weight", "bias", "fused")
+
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        self.weight, self.bias = layer.weight, layer.bias
+        self.fused = (
+            self.weight.numel() >= KERNEL_MIN_WEIGHTS and self.weight.is_contiguous()
+            and kernels.usable(self.weight) and (self.bias is None or kernels.usable(self.bias))
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.shape[0] <= FEW_ROWS and x.is_contiguous() and x.dtype == torch.float32:
+            return kernels.linear_rows(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _norm_function(norm: torch.nn.Module | None):
+    """Return a function that applies ``norm`` to (B, C) rows, calling the kernel directly where it can."""
+    if norm is None:
+        return None
+    if isinstance(norm, RMSNorm) and norm.bias is None and norm.weight.dtype == torch.float32:
+        gain = (1.0 + norm.weight) if norm.unit_offset else norm.weight
+        if gain.is_contiguous() and kernels.usable(gain):
+            eps = norm.eps
+
+            def rms_norm(x: torch.Tensor) -> torch.Tensor:
+                if x.dtype != torch.float32 or not x.is_contiguous():
+                    return norm(x)
+                return kernels.rms_norm_forward(x, gain, eps, want_rstd=False)[0]
+
+            return rms_norm
+    return norm
+
+
+class _LayerPlan:
+    """One block's weights and settings, looked up once per decode instead of once per token."""
+
+    def __init__(self, block: TransformerBlock) -> None:
+        attention, ffn = block.attn, block.ffn
+        self.post = block.residual == "post"
+        self.attn_norm = _norm_function(block.attn_norm)
+        self.attn_out_norm = _norm_function(block.attn_out_norm)
+        self.ffn_norm = _norm_function(block.ffn_norm)
+        self.ffn_out_norm = _norm_function(block.ffn_out_norm)
+        self.qkv, self.out = _Linear(attention.qkv), _Linear(attention.out)
+        self.heads, self.kv_heads, self.head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
+        self.scale = attention.scale if attention.scale is not None else attention.head_dim**-0.5
+        self.interleaved = attention.rotary_interleaved
+        self.gated, self.activation, self.act = ffn.gated, ffn.activation, ffn.act
+        self.gate = _Linear(ffn.gate) if ffn.gated else None
+        self.up, self.down = _Linear(ffn.up), _Linear(ffn.down)
 
 
 class LeanDecoder:
@@ -58,6 +105,9 @@ class LeanDecoder:
     def __init__(self, model: Transformer, cache: KVCache, max_length: int) -> None:
         self.model = model
         self.cache = cache
+        self.layers = [_LayerPlan(block) for block in model.blocks]
+        self.final_norm = _norm_function(model.final_norm)
+        self.lm_head = _Linear(model.lm_head)
         self.batch = cache.key_mask.shape[0]
         self.rope_table = None
         rotary = model.rotary
@@ -130,46 +180,44 @@ class LeanDecoder:
             else:
                 rope = model.rotary(positions)
         cache.append_tokens(real, positions)
-        for index, block in enumerate(model.blocks):
-            h = self._sublayer(block, h, lambda x: self._attend(block.attn, x, rope, index),
-                               block.attn_norm, block.attn_out_norm)
-            h = self._sublayer(block, h, lambda x: self._feedforward(block, x), block.ffn_norm, block.ffn_out_norm)
-        if model.final_norm is not None:
-            h = model.final_norm(h)
-        return _linear(model.lm_head, h)  # (B, V)
-
-    @staticmethod
-    def _sublayer(block: TransformerBlock, h: torch.Tensor, function, norm, out_norm) -> torch.Tensor:
-        if block.residual == "post":
-            return norm(h + function(h))
-        y = function(norm(h))
-        if out_norm is not None:
-            y = out_norm(y)
-        return h + y
+        for index, plan in enumerate(self.layers):
+            if plan.post:
+                h = plan.attn_norm(h + self._attend(plan, h, rope, index))
+                h = plan.ffn_norm(h + self._feedforward(plan, h))
+                continue
+            y = self._attend(plan, plan.attn_norm(h), rope, index)
+            h = h + (y if plan.attn_out_norm is None else plan.attn_out_norm(y))
+            y = self._feedforward(plan, plan.ffn_norm(h))
+            h = h + (y if plan.ffn_out_norm is None else plan.ffn_out_norm(y))
+        if self.final_norm is not None:
+            h = self.final_norm(h)
+        return self.lm_head(h)  # (B, V)
 
     def _attend(
-        self, attention: Attention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, layer: int,
+        self, plan: _LayerPlan, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, layer: int,
     ) -> torch.Tensor:
         batch = x.shape[0]
-        heads, kv_heads, head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
-        qkv = _linear(attention.qkv, x).view(batch, heads + 2 * kv_heads, 1, head_dim)  # (B, H + 2K, 1, D)
+        heads, kv_heads, head_dim = plan.heads, plan.kv_heads, plan.head_dim
+        qkv = plan.qkv(x).view(batch, heads + 2 * kv_heads, 1, head_dim)  # (B, H + 2K, 1, D)
         qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads:]
         if rope is not None:
-            qk = apply_rotary(qk, rope[0], rope[1], attention.rotary_interleaved)  # (B, H + K, 1, D)
+            qk = apply_rotary(qk, rope[0], rope[1], plan.interleaved)  # (B, H + K, 1, D)
         q, k = qk[:, :heads], qk[:, heads:]
         keys, values = self.cache.update(layer, k, v)  # (B, K, S, D)
-        scale = attention.scale if attention.scale is not None else head_dim**-0.5
-        grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # (B, K, G, D)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2)).mul_(scale)  # (B, K, G, S)
+        length = keys.shape[2]
+        # Batched products over B K groups; the cache's (B, K) dims merge into one.
+        grouped = q.reshape(batch * kv_heads, heads // kv_heads, head_dim)  # (B K, G, D)
+        keys = keys.reshape(batch * kv_heads, length, head_dim)
+        values = values.reshape(batch * kv_heads, length, head_dim)
+        scores = torch.bmm(grouped, keys.transpose(1, 2)).mul_(plan.scale)  # (B K, G, S)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        out = torch.matmul(probs, values)  # (B, K, G, D)
-        return _linear(attention.out, out.view(batch, heads * head_dim))
+        out = torch.bmm(probs, values)  # (B K, G, D)
+        return plan.out(out.view(batch, heads * head_dim))
 
     @staticmethod
-    def _feedforward(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:
-        ffn = block.ffn
-        if ffn.gated:
-            hidden = _gated_forward(_linear(ffn.gate, x), _linear(ffn.up, x), ffn.activation)
+    def _feedforward(plan: _LayerPlan, x: torch.Tensor) -> torch.Tensor:
+        if plan.gated:
+            hidden = _gated_forward(plan.gate(x), plan.up(x), plan.activation)
         else:
-            hidden = ffn.act(_linear(ffn.up, x))
-        return _linear(ffn.down, hidden)
+            hidden = plan.act(plan.up(x))
+        return plan.down(hidden)

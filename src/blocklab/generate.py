@@ -89,7 +89,7 @@ def stream_tokens(
     model.eval()
     try:
         with torch.no_grad():
-            out = model(input_ids, attention_mask=attention_mask, use_cache=True)
+            out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
             cache = out.cache
             lean = (
                 LeanDecoder.build(model, cache, attention_mask, input_ids.shape[1] + max_new_tokens)

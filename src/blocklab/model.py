@@ -200,6 +200,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         targets: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
         """Run the model on (B, T) token ids.
 
@@ -215,6 +216,8 @@ class Transformer(nn.Module):
                 wanted; they are not shifted. With targets the loss is computed
                 chunk by chunk (blocklab.nn.loss) and logits come back as None,
                 except under autocast, where the plain route runs.
+            logits_to_keep: compute logits for only the last N positions, as
+                decoding needs for its prompt; 0 computes them for all.
 
         Returns:
             ModelOutput with logits (B, T, V), hidden_states (B, T, C), the cache,
@@ -278,7 +281,7 @@ class Transformer(nn.Module):
         if targets is not None:
             loss, logits = self._loss(h, targets)
         elif self.lm_head is not None:
-            logits = self.lm_head(h)  # (B, T, V)
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep > 0 else h)  # (B, T or N, V)
         pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else None  # (B, C)
         return ModelOutput(logits=logits, hidden_states=h, cache=cache if use_cache or cache is not None else None,
                            pooled=pooled, loss=loss)

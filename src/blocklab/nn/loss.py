@@ -41,17 +41,18 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
             part = hidden[rows]  # (n, C)
-            logits = (part @ weight.T).float()  # (n, V)
-            log_norm = torch.logsumexp(logits, dim=-1)  # (n,)
+            # One fused pass for the log-softmax, where logsumexp and a
+            # subtraction would take several.
+            log_probs = torch.log_softmax((part @ weight.T).float(), dim=-1)  # (n, V)
             part_valid = valid[rows]
             safe_targets = torch.where(part_valid, targets[rows], 0)
-            target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1)
-            loss_sum += torch.where(part_valid, log_norm - target_logits, 0.0).sum()
+            target_log_probs = log_probs.gather(1, safe_targets[:, None])  # (n, 1)
+            loss_sum -= torch.where(part_valid, target_log_probs.squeeze(1), 0.0).sum()
             if not (need_hidden or need_weight):
                 continue
             # d(sum of losses) / d logits = softmax - one_hot, zero on ignored rows.
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()
-            grad_logits.scatter_add_(1, safe_targets[:, None], torch.full_like(log_norm[:, None], -1.0))
+            grad_logits = log_probs.exp_()
+            grad_logits.scatter_add_(1, safe_targets[:, None], torch.full_like(target_log_probs, -1.0))
             grad_logits.mul_(part_valid[:, None])
             grad_logits = grad_logits.to(hidden.dtype)
             if need_hidden:
