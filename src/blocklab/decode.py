@@ -105,16 +105,22 @@ class LeanDecoder:
     def __init__(self, model: Transformer, cache: KVCache, max_length: int) -> None:
         self.model = model
         self.cache = cache
+        self.batch = cache.key_mask.shape[0]
         self.layers = [_LayerPlan(block) for block in model.blocks]
         self.final_norm = _norm_function(model.final_norm)
         self.lm_head = _Linear(model.lm_head)
-        self.batch = cache.key_mask.shape[0]
+        windows = [block.attn.sliding_window for block in model.blocks if block.attn.sliding_window is not None]
+        self.window = min(windows) if windows else None
+        device = cache.key_mask.device
+        self.real = torch.ones((self.batch, 1), dtype=torch.bool, device=device)
+        # Every position this decode can reach, so a step slices instead of allocating.
+        self.positions = torch.arange(max_length, device=device)[None, :, None].expand(self.batch, -1, -1)
         self.rope_table = None
         rotary = model.rotary
         if rotary is not None and rotary._static:
             # cos and sin for every position this decode can reach, (1, L, R/2) each.
-            positions = torch.arange(max_length, device=cache.key_mask.device)[None]
-            self.rope_table = rotary(positions)
+            self.rope_table = rotary(torch.arange(max_length, device=cache.key_mask.device)[None])
+        self.rope_kernel = self.rope_table is not None and kernels.usable(*self.rope_table)
 
     @classmethod
     def build(
@@ -146,11 +152,7 @@ class LeanDecoder:
 
     def _needs_general_path(self) -> bool:
         """Return True when a sliding window now hides keys, which this step does not mask."""
-        length = len(self.cache) + 1
-        return any(
-            block.attn.sliding_window is not None and length > block.attn.sliding_window
-            for block in self.model.blocks
-        )
+        return self.window is not None and len(self.cache) + 1 > self.window
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Run the (B,) tokens at the next position and return their logits (B, V)."""
@@ -162,8 +164,10 @@ class LeanDecoder:
         if position >= config.max_seq_len and model.position is not None and config.position == "learned":
             # The general path raises the learned table's error without touching the cache.
             return model(token[:, None], cache=cache).logits[:, -1]
-        positions = torch.full((self.batch, 1), position, dtype=torch.long, device=token.device)
-        real = torch.ones((self.batch, 1), dtype=torch.bool, device=token.device)
+        if position < self.positions.shape[1]:
+            positions = self.positions[:, position]  # (B, 1)
+        else:
+            positions = torch.full((self.batch, 1), position, dtype=torch.long, device=token.device)
 
         h = F.embedding(token, model.embed.weight)  # (B, C)
         if config.scale_embeddings:
@@ -179,7 +183,7 @@ class LeanDecoder:
                 rope = (self.rope_table[0][:, position:position + 1], self.rope_table[1][:, position:position + 1])
             else:
                 rope = model.rotary(positions)
-        cache.append_tokens(real, positions)
+        cache.append_tokens(self.real, positions)
         for index, plan in enumerate(self.layers):
             if plan.post:
                 h = plan.attn_norm(h + self._attend(plan, h, rope, index))
@@ -200,18 +204,17 @@ class LeanDecoder:
         heads, kv_heads, head_dim = plan.heads, plan.kv_heads, plan.head_dim
         qkv = plan.qkv(x).view(batch, heads + 2 * kv_heads, 1, head_dim)  # (B, H + 2K, 1, D)
         qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads:]
-        if rope is not None:
-            qk = apply_rotary(qk, rope[0], rope[1], plan.interleaved)  # (B, H + K, 1, D)
+        if rope is not None and self.rope_kernel and qk.dtype == torch.float32:
+            qk = kernels.rope(qk, rope[0], rope[1], plan.interleaved, inverse=False)  # (B, H + K, 1, D)
+        elif rope is not None:
+            qk = apply_rotary(qk, rope[0], rope[1], plan.interleaved)
         q, k = qk[:, :heads], qk[:, heads:]
         keys, values = self.cache.update(layer, k, v)  # (B, K, S, D)
-        length = keys.shape[2]
-        # Batched products over B K groups; the cache's (B, K) dims merge into one.
-        grouped = q.reshape(batch * kv_heads, heads // kv_heads, head_dim)  # (B K, G, D)
-        keys = keys.reshape(batch * kv_heads, length, head_dim)
-        values = values.reshape(batch * kv_heads, length, head_dim)
-        scores = torch.bmm(grouped, keys.transpose(1, 2)).mul_(plan.scale)  # (B K, G, S)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        out = torch.bmm(probs, values)  # (B K, G, D)
+        # For one query, PyTorch's fused attention is one operator where the
+        # products, scale and softmax would be five.
+        out = F.scaled_dot_product_attention(
+            q, keys, values, scale=plan.scale, enable_gqa=heads != kv_heads,
+        )  # (B, H, 1, D)
         return plan.out(out.view(batch, heads * head_dim))
 
     @staticmethod

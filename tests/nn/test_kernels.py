@@ -191,11 +191,12 @@ def test_rotary_paths_agree(monkeypatch):
 
 
 def test_swiglu_feedforward_paths_agree(monkeypatch):
+    """3 x 11 x 160 hidden activations: enough elements for the kernel path."""
     x = torch.randn(3, 11, 24, requires_grad=True)
 
     def run():
         torch.manual_seed(2)
-        module = FeedForward(dim=24, hidden_dim=40, activation="swiglu")
+        module = FeedForward(dim=24, hidden_dim=160, activation="swiglu")
         x.grad = None
         out = module(x)
         out.sum().backward()

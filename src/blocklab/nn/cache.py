@@ -37,12 +37,12 @@ class KVCache:
     @property
     def key_mask(self) -> torch.Tensor | None:
         """(B, S) bool, True for real tokens; None while empty."""
-        return None if self._mask_buffer is None else self._mask_buffer[:, : self.length]
+        return None if self._mask_buffer is None else self._mask_buffer.narrow(1, 0, self.length)
 
     @property
     def key_positions(self) -> torch.Tensor | None:
         """(B, S) long positions of the cached tokens; None while empty."""
-        return None if self._position_buffer is None else self._position_buffer[:, : self.length]
+        return None if self._position_buffer is None else self._position_buffer.narrow(1, 0, self.length)
 
     @property
     def next_positions(self) -> torch.Tensor | None:
@@ -72,8 +72,8 @@ class KVCache:
                 grown_mask[:, :start] = self._mask_buffer[:, :start]
                 grown_positions[:, :start] = self._position_buffer[:, :start]
             self._mask_buffer, self._position_buffer = grown_mask, grown_positions
-        self._mask_buffer[:, start:end] = mask
-        self._position_buffer[:, start:end] = positions
+        self._mask_buffer.narrow(1, start, new).copy_(mask)
+        self._position_buffer.narrow(1, start, new).copy_(positions)
         self.length = end
         return self.key_mask, self.key_positions
 
@@ -95,6 +95,8 @@ class KVCache:
                 grown_k[:, :, :start] = buffer_k[:, :, :start]
                 grown_v[:, :, :start] = self.values[layer][:, :, :start]
             self.keys[layer], self.values[layer] = grown_k, grown_v
-        self.keys[layer][:, :, start:end] = key
-        self.values[layer][:, :, start:end] = value
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values = self.keys[layer], self.values[layer]
+        # narrow is one operator, where indexing with slices goes through several.
+        keys.narrow(2, start, new).copy_(key)
+        values.narrow(2, start, new).copy_(value)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)

@@ -62,11 +62,15 @@ GATED_BACKWARDS = {
 }
 
 
+# Below this many elements two PyTorch operators cost less than a ctypes call.
+KERNEL_MIN_ELEMENTS = 4096
+
+
 def _fusable(activation: str, gate: torch.Tensor, up: torch.Tensor) -> bool:
     """Return True when the compiled SwiGLU kernel can compute act(gate) * up."""
     return (
-        activation == "swiglu" and gate.shape == up.shape and gate.is_contiguous() and up.is_contiguous()
-        and kernels.usable(gate, up)
+        activation == "swiglu" and gate.numel() >= KERNEL_MIN_ELEMENTS and gate.shape == up.shape
+        and gate.is_contiguous() and up.is_contiguous() and kernels.usable(gate, up)
     )
 
 
