@@ -9,6 +9,7 @@ from torch.testing import assert_close
 import blocklab as bl
 from blocklab.decode import LeanDecoder
 from blocklab.generate import generate
+from blocklab.nn import kernels
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
 
@@ -27,6 +28,8 @@ CASES = {
     "sliding_window": dict(sliding_window=10),  # crossed mid-decode
     "layernorm_relu": dict(norm="layernorm", ffn="relu"),
     "batchnorm": dict(norm="batchnorm"),
+    # Wide enough (256 x 704 weights) for the few-row kernels.
+    "wide": dict(d_model=256, n_layers=1, vocab_size=300),
 }
 
 
@@ -51,6 +54,9 @@ def test_step_logits_match_forward(name):
     general_cache, lean_cache = prefill(model, prompt), prefill(model, prompt)
     lean = LeanDecoder.build(model, lean_cache, None, max_length=20)
     assert lean is not None
+    if name == "wide" and kernels.load() is not None:
+        assert lean.layers[0].swiglu_kernel
+        assert lean.lm_head.fused
     token = torch.randint(0, 64, (2,))
     with torch.no_grad():
         for _ in range(12):

@@ -94,6 +94,11 @@ class _LayerPlan:
         self.gated, self.activation, self.act = ffn.gated, ffn.activation, ffn.act
         self.gate = _Linear(ffn.gate) if ffn.gated else None
         self.up, self.down = _Linear(ffn.up), _Linear(ffn.down)
+        # Gate, up and SiLU in one pass over both weights, for bias-free SwiGLU.
+        self.swiglu_kernel = (
+            self.activation == "swiglu" and self.gate.fused and self.up.fused
+            and self.gate.bias is None and self.up.bias is None
+        )
 
 
 class LeanDecoder:
@@ -219,7 +224,9 @@ class LeanDecoder:
 
     @staticmethod
     def _feedforward(plan: _LayerPlan, x: torch.Tensor) -> torch.Tensor:
-        if plan.gated:
+        if plan.swiglu_kernel and x.shape[0] <= FEW_ROWS and x.dtype == torch.float32 and x.is_contiguous():
+            hidden = kernels.linear_rows_swiglu(x, plan.gate.weight, plan.up.weight)
+        elif plan.gated:
             hidden = _gated_forward(plan.gate(x), plan.up(x), plan.activation)
         else:
             hidden = plan.act(plan.up(x))

@@ -289,3 +289,13 @@ def test_split_rotate_unused_output_gets_zero_gradient():
     assert torch.count_nonzero(grad[:, :, 4]) == 0  # the key head
     assert torch.equal(grad[:, :, 5], torch.ones(2, 5, 8))  # the value head
     assert torch.count_nonzero(grad[:, :, :4]) > 0
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_linear_rows_swiglu_matches_float64(rows):
+    for out_features, in_features in ((700, 600), (6, 5)):
+        x = torch.randn(rows, in_features)
+        gate = torch.randn(out_features, in_features) * 0.1
+        up = torch.randn(out_features, in_features) * 0.1
+        expected = F.silu(x.double() @ gate.double().T) * (x.double() @ up.double().T)
+        assert_close(kernels.linear_rows_swiglu(x, gate, up).double(), expected, rtol=1e-5, atol=1e-5)

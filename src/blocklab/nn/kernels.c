@@ -239,3 +239,27 @@ void bl_linear_rows(const float *x, const float *weight, const float *bias, floa
     }
   }
 }
+
+/*
+ * out (rows, N) = silu(x @ gate^T) * (x @ up^T) for gate and up (N, K): the
+ * first half of a SwiGLU feed-forward layer in one pass over both weights.
+ */
+void bl_linear_rows_swiglu(const float *x, const float *gate, const float *up, float *out,
+                           int64_t rows, int64_t in_features, int64_t out_features, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) \
+    if (2 * out_features * in_features >= LINEAR_PARALLEL_MIN)
+  for (int64_t n = 0; n < out_features; n++) {
+    const float *wg = gate + n * in_features;
+    const float *wu = up + n * in_features;
+    for (int64_t r = 0; r < rows; r++) {
+      const float *xr = x + r * in_features;
+      float g = 0.0f, u = 0.0f;
+#pragma omp simd reduction(+ : g, u)
+      for (int64_t k = 0; k < in_features; k++) {
+        g += wg[k] * xr[k];
+        u += wu[k] * xr[k];
+      }
+      out[r * out_features + n] = g / (1.0f + vector_exp(-g)) * u;
+    }
+  }
+}

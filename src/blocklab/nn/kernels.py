@@ -53,6 +53,7 @@ _SIGNATURES = {
     "bl_swiglu_forward": (_ptr, _ptr, _ptr, _i64, ctypes.c_int),
     "bl_swiglu_backward": (_ptr, _ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int),
     "bl_linear_rows": (_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int),
+    "bl_linear_rows_swiglu": (_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int),
 }
 
 
@@ -264,6 +265,18 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     out = x.new_empty((rows, out_features))
     load().bl_linear_rows(
         x.data_ptr(), weight.data_ptr(), _address(bias), out.data_ptr(), rows, in_features, out_features,
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def linear_rows_swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Return silu(x @ gate.T) * (x @ up.T) for contiguous x (R, K), gate and up (N, K), few rows R."""
+    rows, in_features = x.shape
+    out_features = gate.shape[0]
+    out = x.new_empty((rows, out_features))
+    load().bl_linear_rows_swiglu(
+        x.data_ptr(), gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, in_features, out_features,
         torch.get_num_threads(),
     )
     return out
