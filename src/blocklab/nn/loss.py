@@ -25,6 +25,42 @@ IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 23
 
 
+def _chunked_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+    need_hidden: bool, need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Return (sum of losses, gradient sums of hidden and weight or None, count of targets)."""
+    valid = targets != IGNORE_INDEX  # (N,)
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight) if need_weight else None
+    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        part = hidden[rows]  # (n, C)
+        # One fused pass for the log-softmax, where logsumexp and a
+        # subtraction would take several.
+        log_probs = torch.log_softmax((part @ weight.T).float(), dim=-1)  # (n, V)
+        part_valid = valid[rows]
+        safe_targets = torch.where(part_valid, targets[rows], 0)
+        target_log_probs = log_probs.gather(1, safe_targets[:, None])  # (n, 1)
+        loss_sum -= torch.where(part_valid, target_log_probs.squeeze(1), 0.0).sum()
+        if not (need_hidden or need_weight):
+            continue
+        # d(sum of losses) / d logits = softmax - one_hot, zero on ignored rows.
+        grad_logits = log_probs.exp_()
+        grad_logits.scatter_add_(1, safe_targets[:, None], torch.full_like(target_log_probs, -1.0))
+        grad_logits.mul_(part_valid[:, None])
+        grad_logits = grad_logits.to(hidden.dtype)
+        if need_hidden:
+            torch.matmul(grad_logits, weight, out=grad_hidden[rows])
+        if need_weight:
+            grad_weight.addmm_(grad_logits.T, part)
+    # An empty target set gives 0 / 1 = 0, where F.cross_entropy gives NaN;
+    # a loss of NaN would only poison the training loop's checks.
+    denominator = valid.sum().clamp(min=1).to(torch.float32)
+    return loss_sum, grad_hidden, grad_weight, denominator
+
+
 class _LinearCrossEntropyFunction(torch.autograd.Function):
     """Mean cross-entropy of hidden @ weight.T against targets, gradients made in the forward."""
 
@@ -32,37 +68,10 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
     def forward(
         ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
     ) -> torch.Tensor:
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        valid = targets != IGNORE_INDEX  # (N,)
-        count = valid.sum()
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            part = hidden[rows]  # (n, C)
-            # One fused pass for the log-softmax, where logsumexp and a
-            # subtraction would take several.
-            log_probs = torch.log_softmax((part @ weight.T).float(), dim=-1)  # (n, V)
-            part_valid = valid[rows]
-            safe_targets = torch.where(part_valid, targets[rows], 0)
-            target_log_probs = log_probs.gather(1, safe_targets[:, None])  # (n, 1)
-            loss_sum -= torch.where(part_valid, target_log_probs.squeeze(1), 0.0).sum()
-            if not (need_hidden or need_weight):
-                continue
-            # d(sum of losses) / d logits = softmax - one_hot, zero on ignored rows.
-            grad_logits = log_probs.exp_()
-            grad_logits.scatter_add_(1, safe_targets[:, None], torch.full_like(target_log_probs, -1.0))
-            grad_logits.mul_(part_valid[:, None])
-            grad_logits = grad_logits.to(hidden.dtype)
-            if need_hidden:
-                torch.matmul(grad_logits, weight, out=grad_hidden[rows])
-            if need_weight:
-                grad_weight.addmm_(grad_logits.T, part)
-        denominator = count.clamp(min=1).to(torch.float32)
+        loss_sum, grad_hidden, grad_weight, denominator = _chunked_loss(
+            hidden, weight, targets, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+        )
         ctx.save_for_backward(grad_hidden, grad_weight, denominator)
-        # An empty target set gives 0 / 1 = 0, where F.cross_entropy gives NaN;
-        # a loss of NaN would only poison the training loop's checks.
         return loss_sum / denominator
 
     @staticmethod
@@ -112,4 +121,9 @@ def linear_cross_entropy(
         raise ValueError(f"linear_cross_entropy: target {bad} is outside the vocabulary [0, {vocab})")
     if chunk is None:
         chunk = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+        # The Function would see needs_input_grad set under no_grad too, and
+        # compute gradients nobody reads.
+        loss_sum, _, _, denominator = _chunked_loss(hidden, weight, targets, int(chunk), False, False)
+        return loss_sum / denominator
     return _LinearCrossEntropyFunction.apply(hidden, weight, targets, int(chunk))
