@@ -5,6 +5,7 @@ from blocklab.nn.bias import ALiBi, RelativePositionBias, T5RelativePositionBias
 from blocklab.nn.block import TransformerBlock
 from blocklab.nn.cache import KVCache
 from blocklab.nn.feedforward import FeedForward
+from blocklab.nn.loss import linear_cross_entropy
 from blocklab.nn.norms import BatchNorm, LayerNorm, RMSNorm, ScaleNorm, build_norm
 from blocklab.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 from blocklab.nn.rotary import SCALINGS, RotaryEmbedding, apply_rotary, inverse_frequencies
@@ -29,5 +30,6 @@ __all__ = [
     "apply_rotary",
     "build_norm",
     "inverse_frequencies",
+    "linear_cross_entropy",
     "sinusoidal_table",
 ]
