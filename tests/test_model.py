@@ -304,3 +304,13 @@ def test_forward_traces_without_graph_breaks():
     ids = torch.randint(0, 50, (2, 8))
     explanation = torch._dynamo.explain(model)(ids)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_loss_traces_without_graph_breaks():
+    import torch._dynamo
+
+    config = bl.ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2)
+    model = bl.Transformer(config).train()
+    ids = torch.randint(0, 50, (2, 8))
+    explanation = torch._dynamo.explain(model)(ids, targets=ids)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

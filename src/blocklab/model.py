@@ -215,7 +215,8 @@ class Transformer(nn.Module):
             targets: (B, T) next-token ids to score, -100 where no loss is
                 wanted; they are not shifted. With targets the loss is computed
                 chunk by chunk (blocklab.nn.loss) and logits come back as None,
-                except under autocast, where the plain route runs.
+                except under autocast or torch.compile, where the plain route
+                runs and returns the logits too.
             logits_to_keep: compute logits for only the last N positions, as
                 decoding needs for its prompt; 0 computes them for all.
 
@@ -295,8 +296,10 @@ class Transformer(nn.Module):
                 f"targets: shape {tuple(targets.shape)} does not match input_ids {tuple(h.shape[:2])}"
             )
         targets = targets.to(h.device).flatten()
-        if torch.is_autocast_enabled(h.device.type):
-            # Under autocast the head runs in reduced precision and the loss in float32.
+        if torch.is_autocast_enabled(h.device.type) or torch.compiler.is_compiling():
+            # Under autocast the head runs in reduced precision and the loss in
+            # float32. torch.compile traces the plain route as one graph and
+            # fuses it, where the chunked loop would break the graph.
             logits = self.lm_head(h)
             return F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=IGNORE_INDEX), logits
         return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets), None
