@@ -299,3 +299,32 @@ def test_linear_rows_swiglu_matches_float64(rows):
         up = torch.randn(out_features, in_features) * 0.1
         expected = F.silu(x.double() @ gate.double().T) * (x.double() @ up.double().T)
         assert_close(kernels.linear_rows_swiglu(x, gate, up).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path))
+    assert kernels.load() is not None
+    (built,) = (tmp_path / "kernels").glob("*.so")
+    built.write_bytes(built.read_bytes()[:100])  # truncated, as by an interrupted copy
+    # A new path, because the dynamic loader keeps a library loaded by path.
+    moved = tmp_path / "moved"
+    (tmp_path / "kernels").rename(moved)
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path / "second"))
+    (tmp_path / "second").mkdir()
+    moved.rename(tmp_path / "second" / "kernels")
+    monkeypatch.setattr(kernels, "_loaded", False)
+    library = kernels.load()
+    assert library is not None
+    (rebuilt,) = (tmp_path / "second" / "kernels").glob("*.so")
+    assert rebuilt.name == built.name
+    assert rebuilt.stat().st_size > 100
+
+
+def test_compiler_with_arguments(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "cc -g")
+    assert kernels.load() is not None

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -85,13 +86,13 @@ def _cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "blocklab"
 
 
-def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
+def _compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> None:
     """Compile SOURCE into ``target`` atomically, so concurrent processes never load half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(handle)
     try:
-        command = [compiler, *flags, "-o", temporary, str(SOURCE), "-lm"]
+        command = [*compiler, *flags, "-o", temporary, str(SOURCE), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise OSError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
@@ -101,29 +102,46 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
             os.unlink(temporary)
 
 
+def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
+    """Set every kernel's argument types; AttributeError when a symbol is missing."""
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes = argtypes
+        function.restype = None
+    return library
+
+
+def _load_or_compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> ctypes.CDLL:
+    if target.exists():
+        try:
+            return _bind(ctypes.CDLL(str(target)))
+        except (OSError, AttributeError) as error:
+            # A truncated or damaged file from an interrupted copy, say.
+            logger.warning("cached kernel library %s is unusable (%s); compiling it again", target, error)
+    logger.info("compiling %s into %s", SOURCE.name, target)
+    _compile(compiler, flags, target)
+    try:
+        return _bind(ctypes.CDLL(str(target)))
+    except AttributeError as error:
+        raise OSError(f"compiled library {target} lacks a kernel: {error}") from None
+
+
 def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC", "cc")
+    # CC may carry arguments ("ccache cc", "gcc -g"), as make and pip allow.
+    compiler = shlex.split(os.environ.get("CC") or "cc")
     source = SOURCE.read_bytes()
-    errors = []
+    errors: list[str] = []
     # OpenMP first; a compiler without it (Apple clang) still gets a
     # single-threaded library, because the pragmas are then ignored.
     for flags in (FLAGS + OPENMP_FLAGS, FLAGS):
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+        key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode(), torch.__version__.encode()]))
         target = _cache_dir() / "kernels" / f"blocklab-kernels-{key.hexdigest()[:16]}.so"
         try:
-            if not target.exists():
-                logger.info("compiling %s into %s", SOURCE.name, target)
-                _compile(compiler, flags, target)
-            library = ctypes.CDLL(str(target))
-        except (OSError, subprocess.SubprocessError) as error:
-            errors.append(str(error))
-            continue
-        for name, argtypes in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.argtypes = argtypes
-            function.restype = None
-        return library
+            return _load_or_compile(compiler, flags, target)
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            if str(error) not in errors:
+                errors.append(str(error))
     raise OSError("; ".join(errors))
 
 
@@ -148,8 +166,9 @@ def _build_or_warn() -> ctypes.CDLL | None:
         return _build()
     except OSError as error:
         logger.warning(
-            "fused CPU kernels unavailable, using PyTorch operators instead (%s); "
-            "set BLOCKLAB_KERNELS=0 to skip the build", error,
+            "fused CPU kernels unavailable, using PyTorch operators instead (%s); install a C compiler "
+            "or set CC, point BLOCKLAB_CACHE at a writable directory, or set BLOCKLAB_KERNELS=0 to "
+            "skip the build", error,
         )
         return None
 
