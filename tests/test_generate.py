@@ -132,3 +132,24 @@ def test_invalid_sampling(model, kwargs, message):
 def test_rejects_encoder(tiny_model):
     with pytest.raises(ValueError, match="bidirectional"):
         bl.generate(tiny_model(causal=False), torch.randint(0, 64, (1, 3)))
+
+
+def test_rejects_right_padding(tiny_model):
+    model = tiny_model(position="rope")
+    ids = torch.randint(0, 64, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    with pytest.raises(ValueError, match="row 1 has padding after its tokens"):
+        bl.generate(model, ids, mask, max_new_tokens=2)
+
+
+def test_rejects_empty_prompt(tiny_model):
+    with pytest.raises(ValueError, match="length >= 1"):
+        bl.generate(tiny_model(position="rope"), torch.zeros((2, 0), dtype=torch.long), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("lean_step", [True, False])
+def test_empty_batch(tiny_model, lean_step):
+    out = bl.generate(tiny_model(position="rope"), torch.zeros((0, 5), dtype=torch.long), max_new_tokens=3,
+                      lean_step=lean_step)
+    assert out.shape == (0, 8)

@@ -62,6 +62,23 @@ def next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """Raise ValueError for an empty prompt or a mask with padding after real tokens."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"input_ids: invalid shape {tuple(input_ids.shape)}; expected (batch, length) with length >= 1"
+        )
+    if attention_mask is not None and attention_mask.shape == input_ids.shape and attention_mask.shape[1] > 1:
+        mask = attention_mask.bool()
+        right_padded = (mask[:, :-1] & ~mask[:, 1:]).any(-1)  # a real token followed by padding
+        if bool(right_padded.any()):
+            row = int(right_padded.nonzero()[0, 0])
+            raise ValueError(
+                f"attention_mask: row {row} has padding after its tokens; decoding continues from the "
+                "last position, so pad prompts on the left"
+            )
+
+
 def stream_tokens(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -83,7 +100,8 @@ def stream_tokens(
     and batch allow it (same results, fewer operators per token).
     """
     _check_sampling(temperature, top_k, top_p, max_new_tokens)
-    if max_new_tokens == 0:
+    _check_prompts(input_ids, attention_mask)
+    if max_new_tokens == 0 or input_ids.shape[0] == 0:
         return
     was_training = model.training
     model.eval()
@@ -151,6 +169,10 @@ def generate(
     """
     if not getattr(getattr(model, "config", None), "causal", True):
         raise ValueError("generate: the model is bidirectional (causal=False); decoding needs a causal model")
+    _check_prompts(input_ids, attention_mask)
+    if input_ids.shape[0] == 0:
+        _check_sampling(temperature, top_k, top_p, max_new_tokens)
+        return input_ids.new_zeros((0, input_ids.shape[1] + max_new_tokens))
     steps = []
     for token in stream_tokens(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
