@@ -665,6 +665,7 @@ class _Trainer:
         self.start_step = 0
         self.extra: dict[str, Any] = {"best_val_loss": None, "val_loss": None}
         if checkpoint is not None:
+            check_checkpoint_matches(self.model, checkpoint.model, checkpoint.path)
             distributed.load_model_state(self.model, checkpoint.model)
             if checkpoint.optimizer is not None:
                 distributed.load_optimizer_state(self.model, self.optimizer, checkpoint.optimizer)
@@ -1009,6 +1010,30 @@ class LoadedRun(NamedTuple):
     step: int
 
 
+def check_checkpoint_matches(model: nn.Module, state: dict[str, Any], path: Any) -> None:
+    """Raise UsageError when a checkpoint's tensors do not fit the model built from run.json.
+
+    A hand-edited run.json (a different d_model, say) would otherwise fail in
+    load_state_dict with a long size-mismatch message.
+    """
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise UsageError(
+            f"checkpoint {str(path)!r} does not match the recorded model: "
+            f"{'missing' if missing else 'unexpected'} tensor {name!r}"
+        )
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UsageError(
+                f"checkpoint {str(path)!r} does not match the recorded model: tensor {name!r} has shape "
+                f"{tuple(state[name].shape)} in the checkpoint and {tuple(tensor.shape)} in the model that "
+                "run.json describes; restore run.json or start a new run"
+            )
+
+
 def load_run(
     run_dir: str | os.PathLike[str], *, step: int | None = None, device: str | torch.device = "cpu"
 ) -> LoadedRun:
@@ -1027,13 +1052,8 @@ def load_run(
     tokenizer = _load_run_tokenizer(run_dir)
     checkpoint = runs.load_checkpoint(run_dir, step, with_optimizer=False)
     model = Transformer(model_config)
-    missing, unexpected = model.load_state_dict(checkpoint.model, strict=False)
-    if missing or unexpected:
-        name = (missing or unexpected)[0]
-        raise UsageError(
-            f"checkpoint {str(checkpoint.path)!r} does not match the recorded model: "
-            f"{'missing' if missing else 'unexpected'} tensor {name!r}"
-        )
+    check_checkpoint_matches(model, checkpoint.model, checkpoint.path)
+    model.load_state_dict(checkpoint.model)
     device = torch.device(device) if isinstance(device, str) else device
     model.to(device).eval()
     return LoadedRun(model, tokenizer, model_config, train_config, checkpoint.step)

@@ -119,3 +119,20 @@ def test_generate_rejects_huge_seed(capsys):
     assert code == 2
     assert "--seed" in captured.err
     assert captured.out == ""
+
+
+def test_edited_run_record_is_one_line_error(learned_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(learned_run, copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["model"]["d_model"] = 48
+    (copy / "run.json").write_text(json.dumps(record))
+    for argv in (["eval", str(copy), "--lengths", "32"], ["generate", str(copy), "--prompt", "a"],
+                 ["train", str(copy), "--resume"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "has shape" in err, argv
+        assert "Traceback" not in err, argv
+        assert len(err.strip().splitlines()) == 1, err
