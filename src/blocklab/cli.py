@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import traceback
 
@@ -79,8 +80,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _build_parser_holding_interrupts() -> argparse.ArgumentParser:
+    """Build the parser with SIGINT held back until the command modules are imported.
+
+    torch 2.13 swallows a KeyboardInterrupt raised while it imports numpy and
+    can leave modules half imported. Holding the signal until the imports
+    finish turns every Ctrl-C during start-up into the usual clean exit.
+    """
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # main() called from a thread other than the main one
+        return build_parser()
+    try:
+        parser = build_parser()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+    return parser
+
+
 def _run(argv: list[str] | None) -> int:
-    parser = build_parser()
+    parser = _build_parser_holding_interrupts()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
