@@ -289,3 +289,24 @@ def test_learned_table_shorter_than_seq_len(tmp_path, capsys):
     assert code == 2
     assert "longer than the learned position table" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("delay", [2.0, 4.0])
+def test_interrupt_while_arm_starts_prints_no_traceback(tmp_path, delay):
+    """A Ctrl-C while an arm's process is still loading modules or data ends in one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "blocklab", "compare", str(out), "--quick", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("blocklab compare: interrupted")

@@ -271,6 +271,10 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
 
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # terminal signals go to the parent, which forwards them
+    # The parent started this process with SIGINT ignored, so that a Ctrl-C
+    # during start-up printed no traceback. From here an interrupt stops training cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    messages.put(("ready", arm["key"], None))
     try:
         model_config = ModelConfig.from_dict(arm["model"])
         train_config = TrainConfig.from_dict(arm["train"])
@@ -333,6 +337,10 @@ def _run_arm(arm: dict[str, Any], run_dir: str, result_path: str, eval_lengths: 
         }
         runs.write_json_atomic(result_path, summary)
         messages.put(("done", arm["key"], None))
+    except KeyboardInterrupt:
+        # Before train() takes over SIGINT (loading data, say) or after it
+        # returns: nothing half-written to save, so stop quietly.
+        messages.put(("stopped", arm["key"], "interrupted"))
     except Exception as error:  # reported to the parent, which prints one line
         messages.put(("error", arm["key"], f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
 
@@ -461,7 +469,8 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
     The child runs in its own process group, so a Ctrl-C at the terminal
     reaches only this process, which forwards one SIGINT to the child. The
     child then saves a checkpoint after its current step and stops; a second
-    signal stops it at once.
+    signal stops it at once. The child starts with SIGINT ignored and reports
+    when it is ready, and a request that arrives before that is forwarded then.
     """
     messages = context.Queue()
     process = context.Process(
@@ -472,19 +481,24 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
     )
     arm_dir.mkdir(parents=True, exist_ok=True)
     stop_requests = 0
+    ready = False
 
     def forward(signum: int, frame: Any) -> None:
         nonlocal stop_requests
         stop_requests += 1
-        if process.pid is not None and process.is_alive():
+        if ready and process.pid is not None and process.is_alive():
             os.kill(process.pid, signal.SIGINT)
         if stop_requests > 1:
             raise KeyboardInterrupt
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    process.start()
-    for sig in previous:
-        signal.signal(sig, forward)
+    # A spawned child inherits the ignored SIGINT until _run_arm is ready.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        for sig in previous:
+            signal.signal(sig, forward)
     done_steps = 0
     outcome: tuple[str, Any] | None = None
     try:
@@ -495,7 +509,11 @@ def _run_arm_process(context, arm: Arm, arm_dir: Path, result_path: Path, plan: 
                 if not process.is_alive():
                     outcome = ("error", f"the training process exited with code {process.exitcode}")
                 continue
-            if kind == "record":
+            if kind == "ready":
+                ready = True
+                if stop_requests:
+                    os.kill(process.pid, signal.SIGINT)
+            elif kind == "record":
                 step = payload.get("step", done_steps)
                 bar.update(max(0, step - done_steps))
                 done_steps = max(done_steps, step)
