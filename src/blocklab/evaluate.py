@@ -280,7 +280,7 @@ def parse_lengths(text: str) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if not part:
-            continue
+            raise UsageError(f"--lengths: empty item in {text!r}; pass integers separated by single commas")
         try:
             value = int(part)
         except ValueError:

@@ -172,12 +172,16 @@ def run_command(args: argparse.Namespace) -> int:
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    for piece in generate_text(
-        loaded.model, loaded.tokenizer, args.prompt, max_new_tokens=max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device,
-    ):
-        out.write(piece)
+    try:
+        for piece in generate_text(
+            loaded.model, loaded.tokenizer, args.prompt, max_new_tokens=max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=device,
+        ):
+            out.write(piece)
+            out.flush()
+    finally:
+        # Ends the streamed line, also when Ctrl-C stops the stream, so the
+        # "interrupted" message starts a line of its own.
+        out.write("\n")
         out.flush()
-    out.write("\n")
-    out.flush()
     return 0

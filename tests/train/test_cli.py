@@ -191,6 +191,7 @@ def test_damaged_checkpoint(tmp_path, corpus_file, capsys):
         (["--lengths", "16,abc"], "invalid length 'abc'"),
         (["--lengths", "32", "--stride", "64"], "--stride 64 is invalid for length 32"),
         (["--lengths", "0"], "lengths must be positive"),
+        (["--lengths", "64,,128"], "empty item"),
     ],
 )
 def test_eval_bad_input(trained_run, capsys, args, message):
