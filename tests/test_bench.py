@@ -118,3 +118,15 @@ def test_cli_rejects_zero_reps(capsys):
         main(["bench", "--reps", "0"])
     assert exit_info.value.code == 2
     assert "--reps" in capsys.readouterr().err
+
+
+def test_quick_run_judges_no_goal():
+    result = _only("rmsnorm")
+    assert all(comparison.goal is None for comparison in result.comparisons)
+    assert all(comparison.goal_met is None for comparison in result.comparisons)
+
+
+def test_profiler_start_stop_lines_silenced(capfd):
+    _only("rmsnorm")
+    _, err = capfd.readouterr()
+    assert "USDT" not in err
