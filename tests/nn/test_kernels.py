@@ -302,24 +302,24 @@ def test_linear_rows_swiglu_matches_float64(rows):
 
 
 def test_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
     monkeypatch.setattr(kernels, "_library", None)
     monkeypatch.setattr(kernels, "_loaded", False)
-    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(first))
     assert kernels.load() is not None
-    (built,) = (tmp_path / "kernels").glob("*.so")
-    built.write_bytes(built.read_bytes()[:100])  # truncated, as by an interrupted copy
-    # A new path, because the dynamic loader keeps a library loaded by path.
-    moved = tmp_path / "moved"
-    (tmp_path / "kernels").rename(moved)
-    monkeypatch.setenv("BLOCKLAB_CACHE", str(tmp_path / "second"))
-    (tmp_path / "second").mkdir()
-    moved.rename(tmp_path / "second" / "kernels")
+    (built,) = (first / "kernels").glob("*.so")
+    # A truncated copy under the same name, as an interrupted copy leaves it.
+    # The loaded file itself stays intact: truncating a mapped library would
+    # crash this process.
+    damaged = second / "kernels" / built.name
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(built.read_bytes()[:100])
     monkeypatch.setattr(kernels, "_loaded", False)
-    library = kernels.load()
-    assert library is not None
-    (rebuilt,) = (tmp_path / "second" / "kernels").glob("*.so")
+    monkeypatch.setenv("BLOCKLAB_CACHE", str(second))
+    assert kernels.load() is not None
+    (rebuilt,) = (second / "kernels").glob("*.so")
     assert rebuilt.name == built.name
-    assert rebuilt.stat().st_size > 100
+    assert rebuilt.stat().st_size == built.stat().st_size
 
 
 def test_compiler_with_arguments(monkeypatch, tmp_path):
