@@ -480,7 +480,7 @@ def run_case(case: Case, settings: BenchSettings) -> BenchmarkResult:
         if memories[0] is not None and memories[index]:
             memory_ratio = memories[0] / memories[index]
         speedup = _median_ratio(totals[index], totals[0])
-        # The goals are stated for the full sizes; --quick's tiny ones say nothing about them.
+        # The goals are stated for the full sizes, so --quick's tiny sizes are not judged.
         goal = None if settings.quick else GOALS.get((case.name, name))
         memory_goal = None if settings.quick else MEMORY_GOALS.get((case.name, name))
         comparisons.append(Comparison(

@@ -46,8 +46,8 @@ void bl_rms_norm_forward(const float *x, const float *gain, float *out, float *r
  * With xhat = x * rstd and y = xhat * gain:
  *   dx = rstd * (dy * gain - xhat * mean(dy * gain * xhat))
  *   dgain = sum over rows of dy * xhat
- * `gain_partials` holds `threads` rows of `width` zeros on entry; thread t adds
- * its rows' dgain into row t, and the caller sums the rows.
+ * `gain_partials` contains `threads` rows of `width` zeros on entry. Thread t
+ * adds its rows' dgain into row t, and the caller sums the rows.
  */
 void bl_rms_norm_backward(const float *dy, const float *x, const float *gain, const float *rstd,
                           float *dx, float *gain_partials, int64_t rows, int64_t width,
