@@ -311,15 +311,22 @@ def test_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
     # A truncated copy under the same name, as an interrupted copy leaves it.
     # The loaded file itself stays intact: truncating a mapped library would
     # crash this process.
-    damaged = second / "kernels" / built.name
-    damaged.parent.mkdir(parents=True)
-    damaged.write_bytes(built.read_bytes()[:100])
-    monkeypatch.setattr(kernels, "_loaded", False)
-    monkeypatch.setenv("BLOCKLAB_CACHE", str(second))
-    assert kernels.load() is not None
-    (rebuilt,) = (second / "kernels").glob("*.so")
-    assert rebuilt.name == built.name
-    assert rebuilt.stat().st_size == built.stat().st_size
+    # Cut at 100 bytes the loader rejects the file; cut at half, with intact
+    # headers, loading it would crash the process, so the digest must catch it.
+    for keep in (100, built.stat().st_size // 2):
+        damaged = second / "kernels" / built.name
+        damaged.parent.mkdir(parents=True, exist_ok=True)
+        damaged.write_bytes(built.read_bytes()[:keep])
+        digest = first / "kernels" / (built.name + ".sha256")
+        (second / "kernels" / digest.name).write_bytes(digest.read_bytes())
+        monkeypatch.setattr(kernels, "_loaded", False)
+        monkeypatch.setenv("BLOCKLAB_CACHE", str(second))
+        assert kernels.load() is not None
+        (rebuilt,) = (second / "kernels").glob("*.so")
+        assert rebuilt.name == built.name
+        assert rebuilt.stat().st_size == built.stat().st_size
+        # The next case must not overwrite the library this process now has loaded.
+        second = tmp_path / f"after-{keep}"
 
 
 def test_compiler_with_arguments(monkeypatch, tmp_path):

@@ -96,10 +96,37 @@ def _compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise OSError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
+        digest = _digest(Path(temporary))
         os.replace(temporary, target)
+        # The digest goes in last, so a library without a matching one is never loaded.
+        handle, temporary_digest = tempfile.mkstemp(dir=target.parent, suffix=".sha256.tmp")
+        with os.fdopen(handle, "w") as file:
+            file.write(digest)
+        os.replace(temporary_digest, _digest_path(target))
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Return True when ``target`` matches the digest written after it was compiled.
+
+    A library cut short but with intact headers would make the dynamic loader
+    read past the end of the file and the process die with SIGBUS, so it is
+    checked before it is loaded.
+    """
+    try:
+        return _digest_path(target).read_text().strip() == _digest(target)
+    except OSError:
+        return False
 
 
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
@@ -112,8 +139,13 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def _load_or_compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> ctypes.CDLL:
-    if target.exists():
+    if target.exists() and not _digest_path(target).exists():
+        # Another process may be between writing the library and its digest.
+        logger.info("cached kernel library %s has no digest yet; compiling it again", target)
+    elif target.exists():
         try:
+            if not _intact(target):
+                raise OSError("its contents do not match the digest recorded when it was compiled")
             return _bind(ctypes.CDLL(str(target)))
         except (OSError, AttributeError) as error:
             # A truncated or damaged file from an interrupted copy, say.
