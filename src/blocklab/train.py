@@ -1032,6 +1032,17 @@ def check_checkpoint_matches(model: nn.Module, state: dict[str, Any], path: Any)
                 f"{tuple(state[name].shape)} in the checkpoint and {tuple(tensor.shape)} in the model that "
                 "run.json describes; restore run.json or start a new run"
             )
+    # Tensors the model shares (a tied head and embedding) must be equal in
+    # the checkpoint, or loading would keep one of them and drop the other.
+    first_by_storage: dict[int, str] = {}
+    for name, tensor in expected.items():
+        first = first_by_storage.setdefault(tensor.data_ptr(), name)
+        if first != name and not torch.equal(state[first], state[name]):
+            raise UsageError(
+                f"checkpoint {str(path)!r} does not match the recorded model: {first!r} and {name!r} are "
+                "one tensor in the model that run.json describes (tie_embeddings) but differ in the "
+                "checkpoint; restore run.json or start a new run"
+            )
 
 
 def load_run(

@@ -136,3 +136,21 @@ def test_edited_run_record_is_one_line_error(learned_run, tmp_path, capsys):
         assert "has shape" in err, argv
         assert "Traceback" not in err, argv
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_edited_tie_embeddings_is_one_line_error(corpus_file, tmp_path, capsys):
+    run_dir = tmp_path / "untied"
+    model = ModelConfig.preset("llama", d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    config = TrainConfig(data=corpus_file, seq_len=32, batch_size=4, steps=2, eval_every=0, eval_batches=1,
+                         device="cpu")
+    train(model, config, run_dir, progress=False)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert not record["model"]["tie_embeddings"]
+    record["model"]["tie_embeddings"] = True
+    (run_dir / "run.json").write_text(json.dumps(record))
+    for argv in (["eval", str(run_dir), "--lengths", "32"], ["train", str(run_dir), "--resume"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "tie_embeddings" in err, argv
+        assert "Traceback" not in err, argv
+        assert len(err.strip().splitlines()) == 1, err
