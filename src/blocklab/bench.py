@@ -508,7 +508,7 @@ def run_case(case: Case, settings: BenchSettings) -> BenchmarkResult:
         references=measurements[1:],
         comparisons=comparisons,
         matmul_peak_gflops=peak_flops / 1e9 if peak_flops is not None else None,
-        mfu_goal=MFU_GOAL if case.flops_per_run is not None else None,
+        mfu_goal=MFU_GOAL if case.flops_per_run is not None and not settings.quick else None,
     )
 
 
