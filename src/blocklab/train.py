@@ -1034,9 +1034,11 @@ def check_checkpoint_matches(model: nn.Module, state: dict[str, Any], path: Any)
             )
     # Tensors the model shares (a tied head and embedding) must be equal in
     # the checkpoint, or loading would keep one of them and drop the other.
-    first_by_storage: dict[int, str] = {}
-    for name, tensor in expected.items():
-        first = first_by_storage.setdefault(tensor.data_ptr(), name)
+    # Grouped by parameter identity, which FSDP2's sharding keeps; storage
+    # pointers would group empty shards together.
+    first_by_parameter: dict[int, str] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        first = first_by_parameter.setdefault(id(parameter), name)
         if first != name and not torch.equal(state[first], state[name]):
             raise UsageError(
                 f"checkpoint {str(path)!r} does not match the recorded model: {first!r} and {name!r} are "
