@@ -16,18 +16,10 @@ from blocklab.cli import main
 from blocklab.errors import UsageError
 from blocklab.train import parse_value, resolve_configs
 
+from tests.train.helpers import error_line, snapshot
+
 TINY = ["--set", "d_model=32", "--set", "n_layers=2", "--set", "n_heads=2", "--seq-len", "32",
         "--batch-size", "8", "--eval-every", "0", "--save-every", "0", "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    names = sorted(topics)[:20]
-    path.write_text("".join(json.dumps({"text": topics[name][:2000]}) + "\n" for name in names))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +27,6 @@ def trained_run(tmp_path_factory, corpus_file):
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", str(run_dir), "--data", corpus_file, "--steps", "2", *TINY]) == 0
     return run_dir
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("blocklab ")]
-    assert len(errors) == 1, err
-    return errors[0]
-
-
-def snapshot(path):
-    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_set_values_are_parsed():

@@ -12,20 +12,12 @@ from blocklab.cli import main
 from blocklab.config import ModelConfig
 from blocklab.train import TrainConfig, train
 
+from tests.train.helpers import error_line, snapshot
+
 TINY = ["--set", "d_model=32", "--set", "n_layers=1", "--set", "n_heads=2", "--seq-len", "32",
         "--batch-size", "8", "--eval-every", "0", "--save-every", "0", "--no-progress", "--device", "cpu"]
 TOKENS_PER_STEP = 8 * 32
 ALLOCATION_ERROR = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    names = sorted(topics)[:20]
-    path.write_text("".join(json.dumps({"text": topics[name][:2000]}) + "\n" for name in names))
-    return str(path)
 
 
 def tiny_model() -> ModelConfig:
@@ -36,17 +28,6 @@ def tiny_train(corpus_file: str, **overrides) -> TrainConfig:
     settings = dict(data=corpus_file, seq_len=32, batch_size=8, steps=6, warmup_steps=1, eval_every=0,
                     eval_batches=1, save_every=0, log_every=1, device="cpu")
     return TrainConfig(**{**settings, **overrides})
-
-
-def snapshot(path):
-    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("blocklab ")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 # --- training time and tokens across resumes ------------------------------------------------

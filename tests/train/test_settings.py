@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from blocklab import runs
@@ -11,32 +9,13 @@ from blocklab.cli import main
 from blocklab.errors import UsageError
 from blocklab.train import resolve_configs
 
+from tests.train.helpers import error_line, snapshot
+
 TINY = ["--set", "d_model=32", "--set", "n_layers=1", "--set", "n_heads=2", "--seq-len", "32",
         "--batch-size", "8", "--eval-every", "0", "--save-every", "0", "--no-progress", "--device", "cpu"]
 
 # The byte tokenizer has 256 byte values and one end-of-text id.
 BYTES_VOCAB = 257
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    names = sorted(topics)[:20]
-    path.write_text("".join(json.dumps({"text": topics[name][:2000]}) + "\n" for name in names))
-    return str(path)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("blocklab ")]
-    assert len(errors) == 1, err
-    return errors[0]
-
-
-def snapshot(path):
-    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 # --- vocab_size --------------------------------------------------------------------------
