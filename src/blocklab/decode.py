@@ -5,10 +5,12 @@ model on a CPU the per-operator cost, not the arithmetic, sets the speed, and
 ``Transformer.forward`` is general: it builds masks, finds padding, computes
 positions and reshapes (B, 1, C) tensors through views and transposes. This
 step works on (B, C) rows instead, reads the next position from the cache
-length, takes RoPE angles from a table made once, and so runs about a quarter
-of the operators per token. It computes the same function as
-``Transformer.forward`` with the same weights and the same KVCache, which it
-keeps up to date, so the general path can continue from it.
+length and takes RoPE angles from a table made once. For the 0.9 M-parameter
+llama preset that is about 400 PyTorch operator calls per token (views
+included, as the profiler counts them) against about 650 for the general
+path. It computes the same function as ``Transformer.forward``, up to float
+rounding, with the same weights and the same KVCache, which it keeps up to
+date, so the general path can continue from it.
 
 It applies when the model is causal, has no score bias (ALiBi, relative, T5),
 keeps its residual connections, and no sequence of the batch is padded.

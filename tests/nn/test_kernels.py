@@ -311,8 +311,8 @@ def test_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path):
     # A truncated copy under the same name, as an interrupted copy leaves it.
     # The loaded file itself stays intact: truncating a mapped library would
     # crash this process.
-    # Cut at 100 bytes the loader rejects the file; cut at half, with intact
-    # headers, loading it would crash the process, so the digest must catch it.
+    # Cut at 100 bytes, the dynamic loader rejects the file. Cut at half, with
+    # intact headers, loading it would crash the process, so the digest must catch it.
     for keep in (100, built.stat().st_size // 2):
         damaged = second / "kernels" / built.name
         damaged.parent.mkdir(parents=True, exist_ok=True)

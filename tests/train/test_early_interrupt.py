@@ -43,7 +43,7 @@ def test_interrupt_names_no_command_when_none_given():
 
 
 # 0.1 s after start the process is importing torch (about a second on a
-# 2-core CPU). The CLI holds SIGINT back until the imports finish, because
+# 2-core CPU). The CLI defers SIGINT until the imports finish, because
 # torch 2.13 swallows an interrupt that lands while it imports numpy.
 def test_interrupt_while_importing_torch():
     process = subprocess.Popen([sys.executable, "-m", "blocklab", "train", "--list-fields"],

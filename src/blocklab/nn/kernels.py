@@ -148,7 +148,7 @@ def _load_or_compile(compiler: list[str], flags: tuple[str, ...], target: Path) 
                 raise OSError("its contents do not match the digest recorded when it was compiled")
             return _bind(ctypes.CDLL(str(target)))
         except (OSError, AttributeError) as error:
-            # A truncated or damaged file from an interrupted copy, say.
+            # For example, a file cut short by an interrupted copy.
             logger.warning("cached kernel library %s is unusable (%s); compiling it again", target, error)
     logger.info("compiling %s into %s", SOURCE.name, target)
     _compile(compiler, flags, target)

@@ -123,7 +123,7 @@ def linear_cross_entropy(
         chunk = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
         # The Function would see needs_input_grad set under no_grad too, and
-        # compute gradients nobody reads.
+        # compute gradients that are never used.
         loss_sum, _, _, denominator = _chunked_loss(hidden, weight, targets, int(chunk), False, False)
         return loss_sum / denominator
     return _LinearCrossEntropyFunction.apply(hidden, weight, targets, int(chunk))
